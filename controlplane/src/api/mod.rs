@@ -1,0 +1,49 @@
+//! The Kubernetes API: one generic handler over the resource registry.
+//!
+//! Request flow: authentication middleware -> `router::dispatch` parses the path into a
+//! (resource, namespace, name, subresource) target -> `handler` runs the verb against the
+//! store (writes) or the watch cache (lists, watches) -> objects or `Status` errors go back
+//! as JSON, or as a `Table` when kubectl asks for one.
+
+pub mod cache;
+pub mod discovery;
+pub mod errors;
+pub mod handler;
+pub mod openapi;
+pub mod patch;
+pub mod router;
+pub mod selector;
+pub mod smp;
+pub mod watch;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use crate::store::Store;
+use cache::Cache;
+
+/// Shared state of the API server.
+pub struct Api {
+    pub store: Arc<dyn Store>,
+    pub cache: Arc<Cache>,
+    /// Bearer tokens that may use the API.
+    pub tokens: HashSet<String>,
+    /// Address clients should use, for /api's serverAddressByClientCIDRs.
+    pub advertise: String,
+}
+
+impl Api {
+    pub async fn new(
+        store: Arc<dyn Store>,
+        tokens: HashSet<String>,
+        advertise: String,
+    ) -> Result<Arc<Self>, crate::store::StoreError> {
+        let cache = Cache::start(Arc::clone(&store)).await?;
+        Ok(Arc::new(Self {
+            store,
+            cache,
+            tokens,
+            advertise,
+        }))
+    }
+}

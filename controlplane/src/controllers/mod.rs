@@ -1,0 +1,18 @@
+//! Control loops that run inside the controlplane process.
+//!
+//! The garbage collector and the namespace controller complete deletions the API server
+//! started (ownerReferences, finalizers, namespace contents); they read the watch cache and
+//! write through the same generic handler as HTTP requests, so every write is validated and
+//! revisioned the same way.
+
+pub mod gc;
+pub mod namespace;
+
+use std::sync::Arc;
+
+use crate::api::Api;
+
+pub fn spawn_builtin(api: Arc<Api>) {
+    tokio::spawn(gc::run(Arc::clone(&api)));
+    tokio::spawn(namespace::run(api));
+}

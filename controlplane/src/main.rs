@@ -1,0 +1,109 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use skiff_controlplane::server::{Config, start};
+
+/// skiff-controlplane: Kubernetes-compatible API server, scheduler and controllers.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Directory for the store, certificates, admin.kubeconfig and node-token.
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// Address to serve HTTPS on.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:6443")]
+    listen: SocketAddr,
+    /// Range Service ClusterIPs are allocated from.
+    #[arg(long, value_name = "CIDR", default_value = "10.96.0.0/12")]
+    service_cidr: String,
+    /// Range node pod CIDRs are carved from.
+    #[arg(long, value_name = "CIDR", default_value = "10.244.0.0/16")]
+    cluster_cidr: String,
+    /// Prefix length of each node's pod CIDR.
+    #[arg(long, value_name = "BITS", default_value_t = 24, value_parser = clap::value_parser!(u8).range(8..=30))]
+    node_cidr_mask_size: u8,
+    /// Extra DNS names or IPs for the serving certificate (repeatable).
+    #[arg(long = "tls-san", value_name = "NAME")]
+    tls_sans: Vec<String>,
+    /// Seconds between store compactions.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    compaction_interval: u64,
+}
+
+fn check_cidr(flag: &str, v: &str) -> Result<(), String> {
+    let (ip, bits) = v
+        .split_once('/')
+        .ok_or_else(|| format!("--{flag} {v}: expected an IPv4 CIDR such as 10.96.0.0/12"))?;
+    let _: std::net::Ipv4Addr = ip
+        .parse()
+        .map_err(|_| format!("--{flag} {v}: {ip} is not an IPv4 address"))?;
+    match bits.parse::<u8>() {
+        Ok(b) if b <= 32 => Ok(()),
+        _ => Err(format!("--{flag} {v}: prefix length must be 0-32")),
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    for (flag, v) in [
+        ("service-cidr", &args.service_cidr),
+        ("cluster-cidr", &args.cluster_cidr),
+    ] {
+        if let Err(e) = check_cidr(flag, v) {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    }
+    let cfg = Config {
+        data_dir: args.data_dir,
+        listen: args.listen,
+        tls_sans: args.tls_sans,
+        compaction_interval: Duration::from_secs(args.compaction_interval.max(1)),
+    };
+    let running = match start(cfg).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "skiff-controlplane ready on https://{} (kubeconfig: {})",
+        running.addr,
+        running.kubeconfig.display()
+    );
+    let handle = running.handle.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        handle.graceful_shutdown(Some(Duration::from_secs(5)));
+    });
+    match running.task.await {
+        Ok(Ok(())) => std::process::ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: server task failed: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
