@@ -200,6 +200,13 @@ pub struct Cache {
     revision: watch::Sender<i64>,
 }
 
+/// A started watch: events to replay first, the live feed, and the revision joined at.
+pub type WatchFeed = (
+    Vec<Arc<CacheEvent>>,
+    broadcast::Receiver<Arc<CacheEvent>>,
+    i64,
+);
+
 /// Why a watch cannot start where the client asked.
 #[derive(Debug)]
 pub enum WatchStart {
@@ -410,18 +417,7 @@ impl Cache {
 
     /// Starts a watch: the events a client must see first, and the live feed after them.
     /// `from = None` replays the current state as ADDED events (resourceVersion 0 or unset).
-    pub fn watch(
-        &self,
-        prefix: &str,
-        from: Option<i64>,
-    ) -> Result<
-        (
-            Vec<Arc<CacheEvent>>,
-            broadcast::Receiver<Arc<CacheEvent>>,
-            i64,
-        ),
-        WatchStart,
-    > {
+    pub fn watch(&self, prefix: &str, from: Option<i64>) -> Result<WatchFeed, WatchStart> {
         let st = self.read();
         // Subscribing under the lock means no event falls between the replay and the feed.
         let rx = self.events.subscribe();

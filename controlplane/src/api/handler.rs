@@ -274,7 +274,10 @@ pub fn decode_object(
         .collect();
     if validation == FieldValidation::Strict && !msgs.is_empty() {
         return Err(ApiError::bad_request(format!(
-            "strict decoding error: {}",
+            "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
+            res.kind,
+            res.version,
+            res.kind,
             msgs.join(", ")
         )));
     }
@@ -462,6 +465,16 @@ impl Api {
         meta.remove("resourceVersion");
         meta.remove("managedFields");
         meta.remove("selfLink");
+        // Go's omitempty: emptied metadata lists disappear instead of staying as `[]`.
+        for f in ["finalizers", "ownerReferences"] {
+            if meta
+                .get(f)
+                .and_then(Value::as_array)
+                .is_some_and(Vec::is_empty)
+            {
+                meta.remove(f);
+            }
+        }
         res.strategy.default(&mut new);
         let mut errs = res.strategy.validate(&new, Some(old));
         if old_meta.get("deletionTimestamp").is_some() {
@@ -758,8 +771,9 @@ mod tests {
             decode_object(res, body, FieldValidation::Strict).expect_err("strict mode rejects");
         assert_eq!(err.code, 400);
         assert!(
-            err.message
-                .starts_with("strict decoding error: unknown field \"spec.replicaz\""),
+            err.message.starts_with(
+                "Deployment in version \"v1\" cannot be handled as a Deployment: strict decoding error: unknown field \"spec.replicaz\""
+            ),
             "{}",
             err.message
         );

@@ -8,6 +8,7 @@
 pub mod cache;
 pub mod discovery;
 pub mod errors;
+mod fuzz;
 pub mod handler;
 pub mod openapi;
 pub mod patch;

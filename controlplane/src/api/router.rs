@@ -84,6 +84,8 @@ impl Query {
 pub enum Output {
     Json,
     Table,
+    /// PartialObjectMetadata(List): metadata only, for metadata informers.
+    Metadata,
 }
 
 fn negotiate(headers: &HeaderMap) -> ApiResult<Output> {
@@ -99,6 +101,9 @@ fn negotiate(headers: &HeaderMap) -> ApiResult<Output> {
         let p = part.trim();
         if p.contains("as=Table") {
             return Ok(Output::Table);
+        }
+        if p.contains("as=PartialObjectMetadata") {
+            return Ok(Output::Metadata);
         }
         if p.contains("as=") {
             continue;
@@ -163,11 +168,7 @@ fn segments(path: &str) -> Vec<&str> {
     path.split('/').filter(|s| !s.is_empty()).collect()
 }
 
-fn parse_resource_path<'a>(
-    group: &str,
-    version: &str,
-    rest: &[&'a str],
-) -> ApiResult<ResourceRequest> {
+fn parse_resource_path(group: &str, version: &str, rest: &[&str]) -> ApiResult<ResourceRequest> {
     let missing = || ApiError::not_found_path(&format!("{group}/{version}/{}", rest.join("/")));
     // /namespaces/{ns}/{plural}[/{name}[/{sub}]] for namespaced kinds; the namespace object
     // itself and its subresources are /namespaces/{name}[/{sub}].
@@ -288,6 +289,7 @@ async fn route(api: &Arc<Api>, req: Request) -> ApiResult<Response> {
                         &[],
                     ))
                 }
+                (_, Output::Metadata) => Ok(json_response(StatusCode::OK, &partial(&obj), &[])),
                 _ => Ok(json_response(StatusCode::OK, &obj, &[])),
             }
         }
@@ -645,7 +647,7 @@ async fn list(
                 .store
                 .current_revision()
                 .await
-                .map_err(|e| ApiError::internal(e))?;
+                .map_err(ApiError::internal)?;
             api.cache.wait_for(now).await;
             api.cache.list(&prefix, None)
         }
@@ -673,11 +675,16 @@ async fn list(
             &[],
         ));
     }
-    let mut out = Vec::with_capacity(selected.iter().map(|o| o.raw.len() + 1).sum::<usize>() + 256);
     let mut meta = json!({"resourceVersion": rev.to_string()});
     if let Some(c) = &cont {
         meta["continue"] = json!(c);
     }
+    if output == Output::Metadata {
+        let items: Vec<Value> = selected.iter().map(|o| partial(&o.value())).collect();
+        let list = json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "items": items});
+        return Ok(json_response(StatusCode::OK, &list, &[]));
+    }
+    let mut out = Vec::with_capacity(selected.iter().map(|o| o.raw.len() + 1).sum::<usize>() + 256);
     out.extend_from_slice(
         format!(
             "{{\"kind\":\"{}\",\"apiVersion\":\"{}\",\"metadata\":{},\"items\":[",
@@ -725,6 +732,15 @@ async fn list_from_store(
     Ok((items, at))
 }
 
+/// The PartialObjectMetadata view of an object.
+pub fn partial(obj: &Value) -> Value {
+    json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": obj.get("metadata").cloned().unwrap_or_else(|| json!({})),
+    })
+}
+
 /// A meta.k8s.io/v1 Table of `items`.
 pub fn table(
     res: &Resource,
@@ -761,13 +777,7 @@ pub fn table(
             match include {
                 "None" => {}
                 "Object" => row["object"] = obj,
-                _ => {
-                    row["object"] = json!({
-                        "kind": "PartialObjectMetadata",
-                        "apiVersion": "meta.k8s.io/v1",
-                        "metadata": obj.get("metadata").cloned().unwrap_or_else(|| json!({})),
-                    })
-                }
+                _ => row["object"] = partial(&obj),
             }
             row
         })

@@ -9,12 +9,13 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::Api;
 use super::cache::{CacheEvent, EventType, WatchStart};
 use super::errors::{ApiError, ApiResult};
-use super::router::{Filter, Output, Query, table};
+use super::router::{Filter, Output, Query, partial, table};
 use crate::resources::Resource;
 
 /// How often a watch that asked for bookmarks gets one.
@@ -72,6 +73,7 @@ impl Watcher {
         };
         Some(match self.output {
             Output::Json => line(ty.as_str(), &ev.obj.raw),
+            Output::Metadata => line(ty.as_str(), partial(&ev.obj.value()).to_string().as_bytes()),
             Output::Table => {
                 let t = table(
                     self.res,
@@ -123,7 +125,9 @@ pub async fn serve(
     let prefix = res.key_prefix(ns);
     let from = if initial_events { None } else { rv };
     let (tx, rx) = mpsc::channel::<Bytes>(64);
-    let mut resp = Response::new(Body::from_stream(ReceiverStream::new(rx).map_ok()));
+    let mut resp = Response::new(Body::from_stream(
+        ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>),
+    ));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -218,21 +222,5 @@ async fn run(
                 Err(broadcast::error::RecvError::Closed) => return,
             }
         }
-    }
-}
-
-trait MapOk {
-    fn map_ok(
-        self,
-    ) -> futures::stream::Map<Self, fn(Bytes) -> Result<Bytes, std::convert::Infallible>>
-    where
-        Self: Sized;
-}
-
-impl MapOk for ReceiverStream<Bytes> {
-    fn map_ok(
-        self,
-    ) -> futures::stream::Map<Self, fn(Bytes) -> Result<Bytes, std::convert::Infallible>> {
-        futures::StreamExt::map(self, Ok)
     }
 }

@@ -98,7 +98,7 @@ pub fn validate_object_meta(obj: &Value, rule: NameRule, errs: &mut Vec<FieldErr
             errs.push(FieldError::invalid("metadata.labels", &k, "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
         }
         if !is_label_value(&v) {
-            errs.push(FieldError::invalid(format!("metadata.labels"), &v, "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
+            errs.push(FieldError::invalid("metadata.labels", &v, "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
         }
     }
     let annotations = string_map(obj.pointer("/metadata/annotations"));

@@ -1,0 +1,124 @@
+//! Client libraries other than kubectl: the kube crate (watcher, reflector) and the official
+//! Python client.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Server, need};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+
+async fn client(s: &Server) -> kube::Client {
+    let kc = Kubeconfig::read_from(&s.kubeconfig).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(cfg).unwrap()
+}
+
+fn cm(name: &str) -> ConfigMap {
+    serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "data": {"v": "1"}}))
+        .unwrap()
+}
+
+async fn next(
+    stream: &mut futures::stream::BoxStream<'static, Result<ConfigMap, watcher::Error>>,
+) -> ConfigMap {
+    tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("a watch event within 10 s")
+        .expect("the stream goes on")
+        .expect("no watch error")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_watcher_and_reflector_follow_the_server() {
+    let s = Server::start();
+    let api: Api<ConfigMap> = Api::namespaced(client(&s).await, "default");
+    api.create(&PostParams::default(), &cm("before"))
+        .await
+        .unwrap();
+
+    let (reader, writer) = reflector::store();
+    let mut stream = reflector(writer, watcher(api.clone(), watcher::Config::default()))
+        .applied_objects()
+        .boxed();
+    assert_eq!(
+        next(&mut stream).await.metadata.name.as_deref(),
+        Some("before")
+    );
+    api.create(&PostParams::default(), &cm("after"))
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut stream).await.metadata.name.as_deref(),
+        Some("after")
+    );
+    let patch = serde_json::json!({"data": {"v": "2"}});
+    api.patch("after", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let changed = next(&mut stream).await;
+    assert_eq!(changed.data.unwrap()["v"], "2");
+    let mut names: Vec<String> = reader
+        .state()
+        .iter()
+        .filter_map(|c| c.metadata.name.clone())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["after", "before"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paginated_lists_continue_where_they_stopped() {
+    let s = Server::start();
+    let api: Api<ConfigMap> = Api::namespaced(client(&s).await, "default");
+    for i in 0..7 {
+        api.create(&PostParams::default(), &cm(&format!("page-{i}")))
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut params = kube::api::ListParams::default().limit(3);
+    loop {
+        let page = api.list(&params).await.unwrap();
+        seen.extend(page.items.into_iter().filter_map(|c| c.metadata.name));
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(c) => params = params.continue_token(&c),
+            None => break,
+        }
+        // Writes between pages do not disturb the snapshot being paged through.
+        api.create(&PostParams::default(), &cm(&format!("late-{}", seen.len())))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        seen,
+        (0..7).map(|i| format!("page-{i}")).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn python_kubernetes_client_lists_creates_and_watches_pods() {
+    if !need("python3", &["-c", "import kubernetes"]) {
+        return;
+    }
+    let s = Server::start();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python_client.py");
+    let out = std::process::Command::new("timeout")
+        .args(["60", "python3", script])
+        .arg(&s.kubeconfig)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python client failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,322 @@
+//! `cargo xtask bench <which>`: measurements with JSON + SVG output under target/bench/.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{Api, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use serde_json::{Value, json};
+
+use crate::{cargo, root, sh};
+
+#[derive(clap::Subcommand, Clone, Copy)]
+pub enum Which {
+    /// API server: create throughput, list latency, watch fan-out, memory.
+    Api {
+        /// Number of pods to create.
+        #[arg(long, default_value_t = 10_000)]
+        pods: usize,
+        /// Number of concurrent watchers for the fan-out test.
+        #[arg(long, default_value_t = 100)]
+        watchers: usize,
+    },
+}
+
+pub fn run(which: Which) -> Result<()> {
+    match which {
+        Which::Api { pods, watchers } => api(pods, watchers),
+    }
+}
+
+pub fn out_dir() -> Result<PathBuf> {
+    let dir = root().join("target/bench");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// A controlplane process started for a benchmark; killed (by its pid) on drop.
+struct Controlplane {
+    child: Child,
+    kubeconfig: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Controlplane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Controlplane {
+    fn start(bin: &Path) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut child = Command::new(bin)
+            .args(["--data-dir"])
+            .arg(dir.path())
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        if !line.contains("ready") {
+            bail!("controlplane did not report ready: {line:?}");
+        }
+        Ok(Self {
+            child,
+            kubeconfig: dir.path().join("admin.kubeconfig"),
+            _dir: dir,
+        })
+    }
+
+    fn rss_kib(&self) -> Result<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok((field("VmRSS:"), field("VmHWM:")))
+    }
+
+    async fn client(&self) -> Result<kube::Client> {
+        let kc = Kubeconfig::read_from(&self.kubeconfig)?;
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+        Ok(kube::Client::try_from(cfg)?)
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn pod(name: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"app": "bench", "shard": format!("s{}", name.len() % 7)}},
+        "spec": {"containers": [{"name": "app", "image": "skiff.local/netexec:latest",
+            "ports": [{"containerPort": 8080}],
+            "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}
+    }))
+    .unwrap_or_default()
+}
+
+fn api(pods: usize, watchers: usize) -> Result<()> {
+    sh(cargo().args(["build", "--release", "-p", "skiff-controlplane"]))?;
+    let bin = root().join("target/release/skiff-controlplane");
+    let cp = Controlplane::start(&bin)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(api_inner(&cp, pods, watchers))?;
+    let dir = out_dir()?;
+    std::fs::write(dir.join("api.json"), serde_json::to_string_pretty(&result)?)?;
+    let bars = [
+        (
+            "creates/s",
+            result["create_per_s"].as_f64().unwrap_or(0.0),
+            2000.0,
+        ),
+        (
+            "list p99 ms",
+            result["list_ms"]["p99"].as_f64().unwrap_or(0.0),
+            300.0,
+        ),
+        (
+            "watch events/s (k)",
+            result["watch_events_per_s"].as_f64().unwrap_or(0.0) / 1000.0,
+            0.0,
+        ),
+        ("RSS MiB", result["rss_mib"].as_f64().unwrap_or(0.0), 128.0),
+    ];
+    std::fs::write(dir.join("api.svg"), svg_bars("skiff API server", &bars))?;
+    println!("| metric | value | target |");
+    println!("|---|---|---|");
+    println!(
+        "| create throughput ({pods} pods) | {:.0} objects/s | >= 2000 |",
+        bars[0].1
+    );
+    println!(
+        "| list {pods} pods p50 / p99 | {:.1} / {:.1} ms | < 300 ms |",
+        result["list_ms"]["p50"].as_f64().unwrap_or(0.0),
+        bars[1].1
+    );
+    println!(
+        "| watch fan-out ({watchers} watchers) | {:.0} events/s | |",
+        result["watch_events_per_s"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "| controlplane RSS at {pods} pods | {:.1} MiB (peak {:.1}) | < 128 MiB |",
+        bars[3].1,
+        result["rss_peak_mib"].as_f64().unwrap_or(0.0)
+    );
+    println!("results: {}", dir.join("api.json").display());
+    Ok(())
+}
+
+async fn api_inner(cp: &Controlplane, pods: usize, watchers: usize) -> Result<Value> {
+    let client = cp.client().await?;
+    let ns_api: Api<Namespace> = Api::all(client.clone());
+    ns_api
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "bench"}}))?,
+        )
+        .await?;
+    let pod_api: Api<Pod> = Api::namespaced(client.clone(), "bench");
+
+    // Create throughput: many requests in flight, as controllers and kubectl apply -f do.
+    let started = Instant::now();
+    futures::stream::iter(0..pods)
+        .map(|i| {
+            let api = pod_api.clone();
+            async move {
+                api.create(&PostParams::default(), &pod(&format!("p-{i:06}")))
+                    .await
+            }
+        })
+        .buffer_unordered(64)
+        .try_for_each(|_| async { Ok(()) })
+        .await?;
+    let create_s = started.elapsed().as_secs_f64();
+
+    // List latency of the whole collection, bytes received in full.
+    let mut list_ms = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        let req = http::Request::get("/api/v1/namespaces/bench/pods").body(Vec::new())?;
+        let body = client.request_text(req).await?;
+        list_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        if !body.contains(&format!("p-{:06}", pods - 1)) {
+            bail!("list did not return every pod");
+        }
+    }
+    list_ms.sort_by(f64::total_cmp);
+    let (rss, hwm) = cp.rss_kib()?;
+
+    // Watch fan-out: every watcher sees every new event.
+    let received = Arc::new(AtomicU64::new(0));
+    let rv = pod_api
+        .list_metadata(&kube::api::ListParams::default().limit(1))
+        .await?
+        .metadata
+        .resource_version
+        .unwrap_or_default();
+    let mut tasks = Vec::new();
+    for _ in 0..watchers {
+        let client = client.clone();
+        let received = Arc::clone(&received);
+        let rv = rv.clone();
+        tasks.push(tokio::spawn(async move {
+            let req = http::Request::get(format!(
+                "/api/v1/namespaces/bench/configmaps?watch=1&resourceVersion={rv}&timeoutSeconds=120"
+            ))
+            .body(Vec::new())?;
+            let mut lines = std::pin::pin!(client.request_events::<Value>(req).await?);
+            while let Some(ev) = lines.next().await {
+                ev?;
+                received.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let events = 1000usize;
+    let cm_api: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), "bench");
+    let started = Instant::now();
+    futures::stream::iter(0..events)
+        .map(|i| {
+            let api = cm_api.clone();
+            async move {
+                let cm = serde_json::from_value(
+                    json!({"metadata": {"name": format!("c-{i:05}")}, "data": {"k": "v"}}),
+                )
+                .unwrap_or_default();
+                api.create(&PostParams::default(), &cm).await
+            }
+        })
+        .buffer_unordered(32)
+        .try_for_each(|_| async { Ok(()) })
+        .await?;
+    let want = (events * watchers) as u64;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while received.load(Ordering::Relaxed) < want && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let fanout_s = started.elapsed().as_secs_f64();
+    let got = received.load(Ordering::Relaxed);
+    for t in tasks {
+        t.abort();
+    }
+    if got < want {
+        bail!("watchers received {got} of {want} events within 120 s");
+    }
+    Ok(json!({
+        "pods": pods,
+        "create_seconds": create_s,
+        "create_per_s": pods as f64 / create_s,
+        "list_ms": {"p50": percentile(&list_ms, 0.5), "p99": percentile(&list_ms, 0.99), "samples": list_ms},
+        "watchers": watchers,
+        "watch_events": got,
+        "watch_seconds": fanout_s,
+        "watch_events_per_s": got as f64 / fanout_s,
+        "rss_mib": rss as f64 / 1024.0,
+        "rss_peak_mib": hwm as f64 / 1024.0,
+    }))
+}
+
+/// A minimal horizontal bar chart; each bar is labelled with its value and target.
+pub fn svg_bars(title: &str, bars: &[(&str, f64, f64)]) -> String {
+    let (w, row) = (640.0, 40.0);
+    let h = 50.0 + row * bars.len() as f64;
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"13\">\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/><text x=\"10\" y=\"22\" font-size=\"16\">{title}</text>"
+    );
+    for (i, (label, value, target)) in bars.iter().enumerate() {
+        let y = 40.0 + row * i as f64;
+        let scale = value.max(*target).max(1e-9);
+        let len = 300.0 * value / scale;
+        s.push_str(&format!(
+            "<text x=\"10\" y=\"{:.0}\">{label}</text><rect x=\"170\" y=\"{:.0}\" width=\"{len:.1}\" height=\"20\" fill=\"#3b7dd8\"/>",
+            y + 15.0,
+            y
+        ));
+        if *target > 0.0 {
+            let tx = 170.0 + 300.0 * target / scale;
+            s.push_str(&format!(
+                "<line x1=\"{tx:.1}\" x2=\"{tx:.1}\" y1=\"{:.0}\" y2=\"{:.0}\" stroke=\"#d83b3b\" stroke-width=\"2\"/>",
+                y - 3.0,
+                y + 23.0
+            ));
+        }
+        let note = if *target > 0.0 {
+            format!("{value:.1} (target {target})")
+        } else {
+            format!("{value:.1}")
+        };
+        s.push_str(&format!(
+            "<text x=\"480\" y=\"{:.0}\">{note}</text>",
+            y + 15.0
+        ));
+    }
+    s.push_str("</svg>\n");
+    s
+}
