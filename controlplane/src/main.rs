@@ -2,7 +2,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::net::Ipv4Addr;
+
 use clap::Parser;
+use ipnet::Ipv4Net;
+use skiff_controlplane::controllers::runtime::{Settings, nth_addr};
 use skiff_controlplane::server::{Config, start};
 
 /// skiff-controlplane: Kubernetes-compatible API server, scheduler and controllers.
@@ -16,11 +20,17 @@ struct Args {
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
     /// Range Service ClusterIPs are allocated from.
-    #[arg(long, value_name = "CIDR", default_value = "10.96.0.0/12")]
-    service_cidr: String,
+    #[arg(long, value_name = "CIDR", default_value = "10.96.0.0/12", value_parser = parse_cidr)]
+    service_cidr: Ipv4Net,
     /// Range node pod CIDRs are carved from.
-    #[arg(long, value_name = "CIDR", default_value = "10.244.0.0/16")]
-    cluster_cidr: String,
+    #[arg(long, value_name = "CIDR", default_value = "10.244.0.0/16", value_parser = parse_cidr)]
+    cluster_cidr: Ipv4Net,
+    /// Cluster DNS service IP (default: the 10th address of the service CIDR).
+    #[arg(long, value_name = "IP")]
+    cluster_dns: Option<Ipv4Addr>,
+    /// Seconds without a node Lease renewal before the node is marked NotReady (Unknown).
+    #[arg(long, value_name = "SECONDS", default_value_t = 40)]
+    node_monitor_grace_period: u64,
     /// Prefix length of each node's pod CIDR.
     #[arg(long, value_name = "BITS", default_value_t = 24, value_parser = clap::value_parser!(u8).range(8..=30))]
     node_cidr_mask_size: u8,
@@ -32,17 +42,11 @@ struct Args {
     compaction_interval: u64,
 }
 
-fn check_cidr(flag: &str, v: &str) -> Result<(), String> {
-    let (ip, bits) = v
-        .split_once('/')
-        .ok_or_else(|| format!("--{flag} {v}: expected an IPv4 CIDR such as 10.96.0.0/12"))?;
-    let _: std::net::Ipv4Addr = ip
+fn parse_cidr(v: &str) -> Result<Ipv4Net, String> {
+    let net: Ipv4Net = v
         .parse()
-        .map_err(|_| format!("--{flag} {v}: {ip} is not an IPv4 address"))?;
-    match bits.parse::<u8>() {
-        Ok(b) if b <= 32 => Ok(()),
-        _ => Err(format!("--{flag} {v}: prefix length must be 0-32")),
-    }
+        .map_err(|_| format!("expected an IPv4 CIDR such as 10.96.0.0/12, got {v:?}"))?;
+    Ok(net.trunc())
 }
 
 #[tokio::main]
@@ -55,20 +59,35 @@ async fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    for (flag, v) in [
-        ("service-cidr", &args.service_cidr),
-        ("cluster-cidr", &args.cluster_cidr),
-    ] {
-        if let Err(e) = check_cidr(flag, v) {
-            eprintln!("error: {e}");
-            return std::process::ExitCode::from(2);
-        }
+    if args.node_cidr_mask_size < args.cluster_cidr.prefix_len() {
+        eprintln!(
+            "error: --node-cidr-mask-size {} is shorter than the --cluster-cidr {} prefix",
+            args.node_cidr_mask_size, args.cluster_cidr
+        );
+        return std::process::ExitCode::from(2);
+    }
+    let cluster_dns = args
+        .cluster_dns
+        .unwrap_or_else(|| nth_addr(&args.service_cidr, 10));
+    if !args.service_cidr.contains(&cluster_dns) {
+        eprintln!(
+            "error: --cluster-dns {cluster_dns} is outside --service-cidr {}",
+            args.service_cidr
+        );
+        return std::process::ExitCode::from(2);
     }
     let cfg = Config {
         data_dir: args.data_dir,
         listen: args.listen,
         tls_sans: args.tls_sans,
         compaction_interval: Duration::from_secs(args.compaction_interval.max(1)),
+        settings: Settings {
+            service_cidr: args.service_cidr,
+            cluster_cidr: args.cluster_cidr,
+            node_cidr_mask_size: args.node_cidr_mask_size,
+            cluster_dns,
+            node_monitor_grace: Duration::from_secs(args.node_monitor_grace_period.max(1)),
+        },
     };
     let running = match start(cfg).await {
         Ok(r) => r,

@@ -26,6 +26,8 @@ pub struct Config {
     pub tls_sans: Vec<String>,
     /// How often history older than the previous tick is compacted away.
     pub compaction_interval: Duration,
+    /// What the controllers need to know about the cluster (CIDRs, timeouts).
+    pub settings: controllers::runtime::Settings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -134,7 +136,7 @@ pub async fn start(cfg: Config) -> Result<Running, ServerError> {
     )
     .await?;
     bootstrap(&api).await?;
-    controllers::spawn_builtin(Arc::clone(&api));
+    controllers::spawn_builtin(Arc::clone(&api), cfg.settings.clone());
     tokio::spawn(compact_periodically(
         Arc::clone(&store),
         cfg.compaction_interval,

@@ -31,20 +31,25 @@ pub struct Api {
     pub tokens: HashSet<String>,
     /// Address clients should use, for /api's serverAddressByClientCIDRs.
     pub advertise: String,
+    /// Token of the in-process clients (controllers, scheduler); never leaves the process.
+    pub internal_token: String,
 }
 
 impl Api {
     pub async fn new(
         store: Arc<dyn Store>,
-        tokens: HashSet<String>,
+        mut tokens: HashSet<String>,
         advertise: String,
     ) -> Result<Arc<Self>, crate::store::StoreError> {
         let cache = Cache::start(Arc::clone(&store)).await?;
+        let internal_token = uuid::Uuid::new_v4().simple().to_string();
+        tokens.insert(internal_token.clone());
         Ok(Arc::new(Self {
             store,
             cache,
             tokens,
             advertise,
+            internal_token,
         }))
     }
 }

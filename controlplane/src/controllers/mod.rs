@@ -7,12 +7,19 @@
 
 pub mod gc;
 pub mod namespace;
+pub mod runtime;
 
 use std::sync::Arc;
 
 use crate::api::Api;
 
-pub fn spawn_builtin(api: Arc<Api>) {
+/// Starts every built-in control loop.
+pub fn spawn_builtin(api: Arc<Api>, settings: runtime::Settings) {
+    let _ctx = runtime::Context {
+        client: runtime::in_process_client(&api),
+        api: Arc::clone(&api),
+        settings: Arc::new(settings),
+    };
     tokio::spawn(gc::run(Arc::clone(&api)));
     tokio::spawn(namespace::run(api));
 }
