@@ -416,7 +416,7 @@ fn objects_survive_a_controlplane_restart() {
         "jsonpath={range .items[*]}{.metadata.uid} {end}",
     ]);
     s.stop();
-    let s2 = Server::start_in(&s.dir);
+    let s2 = Server::start_in(&s.dir, &[]);
     let after = s2.ok(&[
         "get",
         "deploy,svc,cm",

@@ -42,19 +42,25 @@ pub struct Server {
 
 impl Server {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts with extra controlplane flags.
+    pub fn start_with(flags: &[&str]) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_owned();
-        let mut s = Self::start_in(&dir);
+        let mut s = Self::start_in(&dir, flags);
         s._tmp = Some(tmp);
         s
     }
 
     /// Starts on an existing data dir (restarts), on a fresh port.
-    pub fn start_in(dir: &Path) -> Self {
+    pub fn start_in(dir: &Path, flags: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_skiff-controlplane"))
             .arg("--data-dir")
             .arg(dir)
             .args(["--listen", "127.0.0.1:0"])
+            .args(flags)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -147,6 +153,37 @@ impl Server {
             String::from_utf8_lossy(&out.stdout)
         );
         String::from_utf8(out.stderr).unwrap()
+    }
+
+    /// Plays the node agent's registration: a Ready node with the given capacity.
+    pub fn register_node(&self, name: &str, cpu: &str, memory: &str) {
+        self.apply(&format!(
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{kubernetes.io/hostname: {name}}}\nstatus:\n  capacity: {{cpu: '{cpu}', memory: {memory}, pods: '110'}}\n  allocatable: {{cpu: '{cpu}', memory: {memory}, pods: '110'}}\n  conditions: [{{type: Ready, status: 'True', reason: KubeletReady}}]\n  addresses: [{{type: InternalIP, address: 192.0.2.10}}]\n"
+        ));
+        // Node status is written through its subresource, as the agent does.
+        let status = format!(
+            r#"{{"status":{{"capacity":{{"cpu":"{cpu}","memory":"{memory}","pods":"110"}},"allocatable":{{"cpu":"{cpu}","memory":"{memory}","pods":"110"}},"conditions":[{{"type":"Ready","status":"True","reason":"KubeletReady"}}]}}}}"#
+        );
+        self.ok(&["patch", "node", name, "--subresource=status", "--type=merge", "-p", &status]);
+    }
+
+    /// Plays the node agent for pods: every pod matching `selector` in `ns` that has a node
+    /// becomes Running and Ready with a pod IP.
+    pub fn mark_pods_ready(&self, ns: &str, selector: &str) -> usize {
+        let names = self.ok(&[
+            "get", "pods", "-n", ns, "-l", selector, "-o",
+            "jsonpath={range .items[?(@.spec.nodeName)]}{.metadata.name}{\"\\n\"}{end}",
+        ]);
+        let mut n = 0;
+        for (i, name) in names.lines().filter(|l| !l.is_empty()).enumerate() {
+            let status = format!(
+                r#"{{"status":{{"phase":"Running","podIP":"10.244.0.{}","conditions":[{{"type":"Ready","status":"True"}},{{"type":"ContainersReady","status":"True"}}],"containerStatuses":[{{"name":"c","ready":true,"restartCount":0,"image":"i","imageID":"","started":true,"state":{{"running":{{}}}}}}]}}}}"#,
+                i + 2
+            );
+            self.ok(&["patch", "pod", name, "-n", ns, "--subresource=status", "--type=merge", "-p", &status]);
+            n += 1;
+        }
+        n
     }
 
     /// Polls `f` until it returns true (bounded).
