@@ -1,6 +1,7 @@
 //! Developer, CI and benchmark tasks: `cargo xtask <command>`.
 
 mod bench;
+mod gen_protobuf;
 mod setup;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +23,8 @@ enum Cmd {
     Setup,
     /// Everything CI runs: format, lints, unit and end-to-end tests.
     Ci,
+    /// Regenerates the protobuf schema table (controlplane/src/api/protobuf/schema.rs) from k8s-pb.
+    GenProtobuf,
     /// Benchmarks; results go to target/bench/ as JSON and SVG.
     Bench {
         #[command(subcommand)]
@@ -34,6 +37,7 @@ fn main() {
     let result = match cli.cmd {
         Cmd::Setup => setup::run(),
         Cmd::Ci => ci(),
+        Cmd::GenProtobuf => gen_protobuf::run(&root()),
         Cmd::Bench { which } => bench::run(which),
     };
     if let Err(e) = result {
@@ -70,6 +74,7 @@ fn ci() -> Result<()> {
     let started = std::time::Instant::now();
     setup::run()?;
     sh(cargo().args(["fmt", "--all", "--check"]))?;
+    gen_protobuf::check(&root())?;
     sh(cargo().args([
         "clippy",
         "--workspace",

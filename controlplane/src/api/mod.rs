@@ -12,6 +12,7 @@ mod fuzz;
 pub mod handler;
 pub mod openapi;
 pub mod patch;
+pub mod protobuf;
 pub mod router;
 pub mod selector;
 pub mod smp;
