@@ -2,6 +2,7 @@
 
 mod bench;
 mod gen_protobuf;
+mod image;
 mod setup;
 
 use std::path::{Path, PathBuf};
@@ -23,6 +24,8 @@ enum Cmd {
     Setup,
     /// Everything CI runs: format, lints, unit and end-to-end tests.
     Ci,
+    /// Builds the local container images skiff.local/pause and skiff.local/netexec.
+    Image,
     /// Regenerates the protobuf schema table (controlplane/src/api/protobuf/schema.rs) from k8s-pb.
     GenProtobuf,
     /// Benchmarks; results go to target/bench/ as JSON and SVG.
@@ -37,6 +40,7 @@ fn main() {
     let result = match cli.cmd {
         Cmd::Setup => setup::run(),
         Cmd::Ci => ci(),
+        Cmd::Image => setup::run().and_then(|()| image::run()),
         Cmd::GenProtobuf => gen_protobuf::run(&root()),
         Cmd::Bench { which } => bench::run(which),
     };
