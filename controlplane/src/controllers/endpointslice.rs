@@ -24,6 +24,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -132,8 +133,9 @@ pub async fn run(ctx: Context) {
             Api::<Endpoints>::all(client.clone()),
             watcher::Config::default(),
         )
+        // Only names and labels matter for the mapping: skip decoding pod specs and statuses.
         .watches(
-            Api::<Pod>::all(client),
+            Api::<PartialObjectMeta<Pod>>::all(client),
             watcher::Config::default(),
             move |pod| services_of(&services, &for_pods, &pod),
         )
@@ -147,7 +149,11 @@ pub async fn run(ctx: Context) {
 }
 
 /// The Services a pod change may matter to.
-fn services_of(services: &Store<Service>, state: &State, pod: &Pod) -> Vec<ObjectRef<Service>> {
+fn services_of(
+    services: &Store<Service>,
+    state: &State,
+    pod: &PartialObjectMeta<Pod>,
+) -> Vec<ObjectRef<Service>> {
     let ns = pod.namespace().unwrap_or_default();
     let labels = pod.labels();
     let mut names: BTreeSet<String> = services
