@@ -64,9 +64,10 @@ impl Admission {
         let owner = format!("{}/{name}", str_at(obj, "/metadata/namespace"));
         let svc = &self.services;
         // Unchanged allocations need no look at the others: skip the lock and the cache wait.
-        let _turn;
+        let mut turn;
+        let unchanged = Taken::default();
         let taken = if svc.wants_new(old, obj) {
-            _turn = svc.turn.lock().await;
+            turn = svc.turn.lock().await;
             // Snapshot the claims before reading the revision: a claim released after this
             // point belongs to a write committed before it, which the cache will show.
             let pending = svc.pending();
@@ -80,12 +81,13 @@ impl Admission {
                     "the watch cache did not catch up with the store in time to allocate Service addresses",
                 ));
             }
-            Taken::collect(api, res, pending)
+            turn.refresh(api, res, pending);
+            &*turn
         } else {
-            Taken::default()
+            &unchanged
         };
         let claims = svc
-            .allocate(&taken, &owner, old, obj, &mut rand::rng())
+            .allocate(taken, &owner, old, obj, &mut rand::rng())
             .map_err(|e| match e {
                 AllocError::Invalid(errs) => ApiError::invalid(target(res, &name), &errs),
                 AllocError::Full(what) => ApiError::internal(what),
@@ -129,47 +131,114 @@ impl Drop for Hold {
     }
 }
 
-/// Addresses and ports in use, with their owners.
+/// Addresses and ports in use, with their owners (`namespace/name`): those of the stored
+/// Services, kept up to date incrementally from the watch cache, plus the claims of writes
+/// still in flight.
 #[derive(Default, Debug)]
 struct Taken {
     ips: HashMap<Ipv4Addr, String>,
     ports: HashMap<u16, String>,
+    /// What each stored Service holds, by storage key, as of the revision last looked at.
+    seen: HashMap<String, Held>,
+    pending: Vec<Claims>,
+}
+
+#[derive(Debug)]
+struct Held {
+    rev: i64,
+    owner: String,
+    ip: Option<Ipv4Addr>,
+    ports: Vec<u16>,
 }
 
 impl Taken {
-    fn collect(api: &Api, res: &Resource, pending: Vec<Claims>) -> Self {
-        let mut t = Taken::default();
+    /// Catches up with the cache: only Services whose revision changed are looked at again,
+    /// so a create costs a pass over the keys, not a parse of every Service.
+    fn refresh(&mut self, api: &Api, res: &Resource, pending: Vec<Claims>) {
+        self.pending = pending;
         let (items, _) = api.cache.list(&res.key_prefix(None), None);
-        for o in items {
-            let owner = format!("{}/{}", o.namespace, o.name);
-            if let Ok(ip) = o.field("spec.clusterIP").parse::<Ipv4Addr>() {
-                t.ips.insert(ip, owner.clone());
+        for o in &items {
+            if self.seen.get(&o.key).is_some_and(|h| h.rev == o.rev) {
+                continue;
             }
             // Only these types may hold node ports (validation forbids them elsewhere), so
             // the others need not be parsed.
-            if matches!(o.field("spec.type").as_str(), "NodePort" | "LoadBalancer") {
-                for p in node_ports_of(&o.value()) {
-                    t.ports.insert(p, owner.clone());
-                }
+            let ports = if matches!(o.field("spec.type").as_str(), "NodePort" | "LoadBalancer") {
+                node_ports_of(&o.value()).into_iter().collect()
+            } else {
+                Vec::new()
+            };
+            let held = Held {
+                rev: o.rev,
+                owner: format!("{}/{}", o.namespace, o.name),
+                ip: o.field("spec.clusterIP").parse().ok(),
+                ports,
+            };
+            self.forget(&o.key);
+            self.remember(o.key.clone(), held);
+        }
+        if self.seen.len() != items.len() {
+            let live: HashSet<&str> = items.iter().map(|o| o.key.as_str()).collect();
+            let gone: Vec<String> = self
+                .seen
+                .keys()
+                .filter(|k| !live.contains(k.as_str()))
+                .cloned()
+                .collect();
+            for k in gone {
+                self.forget(&k);
             }
         }
-        for c in pending {
-            for ip in c.ips {
-                t.ips.insert(ip, c.owner.clone());
-            }
-            for p in c.ports {
-                t.ports.insert(p, c.owner.clone());
+    }
+
+    fn remember(&mut self, key: String, held: Held) {
+        if let Some(ip) = held.ip {
+            self.ips.insert(ip, held.owner.clone());
+        }
+        for p in &held.ports {
+            self.ports.insert(*p, held.owner.clone());
+        }
+        self.seen.insert(key, held);
+    }
+
+    fn forget(&mut self, key: &str) {
+        let Some(held) = self.seen.remove(key) else {
+            return;
+        };
+        if let Some(ip) = held.ip
+            && self.ips.get(&ip) == Some(&held.owner)
+        {
+            self.ips.remove(&ip);
+        }
+        for p in held.ports {
+            if self.ports.get(&p) == Some(&held.owner) {
+                self.ports.remove(&p);
             }
         }
-        t
+    }
+
+    fn ip_used(&self, ip: Ipv4Addr) -> bool {
+        self.ips.contains_key(&ip) || self.pending.iter().any(|c| c.ips.contains(&ip))
     }
 
     fn ip_taken_by_other(&self, ip: Ipv4Addr, owner: &str) -> bool {
         self.ips.get(&ip).is_some_and(|o| o != owner)
+            || self
+                .pending
+                .iter()
+                .any(|c| c.owner != owner && c.ips.contains(&ip))
+    }
+
+    fn port_used(&self, port: u16) -> bool {
+        self.ports.contains_key(&port) || self.pending.iter().any(|c| c.ports.contains(&port))
     }
 
     fn port_taken_by_other(&self, port: u16, owner: &str) -> bool {
         self.ports.get(&port).is_some_and(|o| o != owner)
+            || self
+                .pending
+                .iter()
+                .any(|c| c.owner != owner && c.ports.contains(&port))
     }
 }
 
@@ -210,7 +279,7 @@ struct ServiceAllocator {
     /// Addresses only one Service may take: (address, `namespace/name`).
     reserved: Vec<(Ipv4Addr, String)>,
     /// Serialises "look at what is taken, then claim": two writers never both see a free one.
-    turn: tokio::sync::Mutex<()>,
+    turn: tokio::sync::Mutex<Taken>,
     in_flight: Arc<Mutex<InFlight>>,
 }
 
@@ -305,7 +374,7 @@ impl ServiceAllocator {
                 (nth_addr(&range, 1), "default/kubernetes".to_owned()),
                 (cluster_dns, "kube-system/kube-dns".to_owned()),
             ],
-            turn: tokio::sync::Mutex::new(()),
+            turn: tokio::sync::Mutex::default(),
             in_flight: Arc::default(),
         }
     }
@@ -448,7 +517,7 @@ impl ServiceAllocator {
                     let (first, size) = self.first_and_size();
                     let found = pick(size, rng, |i| {
                         let ip = Ipv4Addr::from(first + i);
-                        !taken.ips.contains_key(&ip) && !self.reserved_for_other(ip, owner)
+                        !taken.ip_used(ip) && !self.reserved_for_other(ip, owner)
                     });
                     match found {
                         Some(i) => Some(Ipv4Addr::from(first + i).to_string()),
@@ -677,7 +746,7 @@ impl ServiceAllocator {
         let size = u32::from(hi - lo) + 1;
         pick(size, rng, |i| {
             let p = lo + i as u16;
-            !taken.ports.contains_key(&p) && !mine.contains(&p)
+            !taken.port_used(p) && !mine.contains(&p)
         })
         .map(|i| lo + i as u16)
         .ok_or_else(|| AllocError::Full("failed to allocate a nodePort: range is full".to_owned()))
