@@ -510,6 +510,12 @@ fn endpoint_slices_follow_pod_readiness() {
         assert!(eps.contains(&addr), "{eps}");
     }
 
+    let describe = s.ok(&["describe", "svc", "web", "-n", "eps"]);
+    assert!(
+        describe.contains(&format!("{a}:8080")) && describe.contains("http/TCP"),
+        "{describe}"
+    );
+
     // web-b turns unready: ready false in its slice, notReadyAddresses in Endpoints.
     set_ready(&s, "web-b", false);
     s.eventually("web-b not ready", || slices(&s).1 == want(false, false));
