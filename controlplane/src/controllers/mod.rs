@@ -5,6 +5,7 @@
 //! write through the same generic handler as HTTP requests, so every write is validated and
 //! revisioned the same way.
 
+pub mod endpointslice;
 pub mod gc;
 pub mod namespace;
 pub mod runtime;
@@ -15,11 +16,12 @@ use crate::api::Api;
 
 /// Starts every built-in control loop.
 pub fn spawn_builtin(api: Arc<Api>, settings: runtime::Settings) {
-    let _ctx = runtime::Context {
+    let ctx = runtime::Context {
         client: runtime::in_process_client(&api),
         api: Arc::clone(&api),
         settings: Arc::new(settings),
     };
+    tokio::spawn(endpointslice::run(ctx.clone()));
     tokio::spawn(gc::run(Arc::clone(&api)));
     tokio::spawn(namespace::run(api));
 }
