@@ -5,3 +5,4 @@
 pub mod client;
 pub mod network;
 pub mod node;
+pub mod pods;

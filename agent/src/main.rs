@@ -3,6 +3,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
 use skiff_agent::node::{Facts, NodeAgent};
+use skiff_agent::pods::PodManager;
 use skiff_agent::{client, network};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -74,6 +75,14 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let host_ip = uplink.address.to_string();
+    let pods = match PodManager::new(client.clone(), &args.node_name, &host_ip).await {
+        Ok(p) => std::sync::Arc::new(p),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let agent = NodeAgent::new(client, Facts::gather(&args.node_name, uplink));
     // The controlplane may still be starting: retry registration for a while.
     let mut attempt = 0;
@@ -87,7 +96,15 @@ async fn main() -> ExitCode {
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
     println!("skiff-agent ready: node {}", args.node_name);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let pod_loop = tokio::spawn(pods.run(async move {
+        let mut rx = stop_rx;
+        let _ = rx.wait_for(|s| *s).await;
+    }));
     agent.heartbeat(shutdown_signal()).await;
+    // Pods keep running across agent restarts: stop syncing, leave containers alone.
+    let _ = stop_tx.send(true);
+    let _ = pod_loop.await;
     if let Err(e) = agent
         .post_status(false, "skiff-agent is shutting down")
         .await
