@@ -7,6 +7,8 @@
 
 pub mod gc;
 pub mod namespace;
+pub mod podutil;
+pub mod replicaset;
 pub mod runtime;
 
 use std::sync::Arc;
@@ -15,11 +17,12 @@ use crate::api::Api;
 
 /// Starts every built-in control loop.
 pub fn spawn_builtin(api: Arc<Api>, settings: runtime::Settings) {
-    let _ctx = runtime::Context {
+    let ctx = runtime::Context {
         client: runtime::in_process_client(&api),
         api: Arc::clone(&api),
         settings: Arc::new(settings),
     };
+    tokio::spawn(replicaset::run(ctx.clone()));
     tokio::spawn(gc::run(Arc::clone(&api)));
     tokio::spawn(namespace::run(api));
 }
