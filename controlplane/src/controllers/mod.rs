@@ -5,6 +5,7 @@
 //! write through the same generic handler as HTTP requests, so every write is validated and
 //! revisioned the same way.
 
+pub mod deployment;
 pub mod gc;
 pub mod namespace;
 pub mod podutil;
@@ -23,6 +24,7 @@ pub fn spawn_builtin(api: Arc<Api>, settings: runtime::Settings) {
         settings: Arc::new(settings),
     };
     tokio::spawn(replicaset::run(ctx.clone()));
+    tokio::spawn(deployment::run(ctx.clone()));
     tokio::spawn(gc::run(Arc::clone(&api)));
     tokio::spawn(namespace::run(api));
 }
