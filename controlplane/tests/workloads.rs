@@ -102,14 +102,24 @@ async fn mark_ready(pods: &Api<Pod>, name: &str) {
         .await;
 }
 
+/// A background task that ends when this is dropped (before the server it talks to stops:
+/// a task spinning on a dead server would hold up the runtime's shutdown).
+struct Task(tokio::task::JoinHandle<()>);
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Runs the fake node agent until the returned handle is dropped.
-fn start_kubelet(pods: Api<Pod>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+fn start_kubelet(pods: Api<Pod>) -> Task {
+    Task(tokio::spawn(async move {
         loop {
             kubelet_pass(&pods).await;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    })
+    }))
 }
 
 /// What a watcher saw of the namespace's pods, state by state.
@@ -125,10 +135,11 @@ struct Seen {
 }
 
 /// Checks every state the pod watch passes through while `armed`.
-fn observe(pods: Api<Pod>, armed: Arc<Mutex<Option<Seen>>>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+fn observe(pods: Api<Pod>, armed: Arc<Mutex<Option<Seen>>>) -> Task {
+    Task(tokio::spawn(async move {
         let (reader, writer) = reflector::store();
         let mut stream = reflector(writer, watcher(pods, watcher::Config::default()))
+            .default_backoff()
             .touched_objects()
             .boxed();
         while let Some(ev) = stream.next().await {
@@ -153,7 +164,7 @@ fn observe(pods: Api<Pod>, armed: Arc<Mutex<Option<Seen>>>) -> tokio::task::Join
                 seen.states += 1;
             }
         }
-    })
+    }))
 }
 
 /// Runs kubectl off the async runtime (it blocks), asserting success.

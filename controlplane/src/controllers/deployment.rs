@@ -256,7 +256,15 @@ fn created(rs: &ReplicaSet) -> (i64, String) {
     )
 }
 
-/// Replicas the new replica set should have now (Kubernetes' NewRSNewReplicas).
+/// Pods a replica set may still have: its size, or more while it has not yet deleted the
+/// pods of a scale-down. Kubernetes counts only sizes here, which lets live pods briefly
+/// exceed replicas + maxSurge; counting both keeps the bound at every moment.
+fn pods_of(rs: &ReplicaSet) -> i32 {
+    spec_replicas(rs).max(status_of(rs).replicas)
+}
+
+/// Replicas the new replica set should have now (Kubernetes' NewRSNewReplicas, counting
+/// pods not yet deleted).
 pub fn new_rs_replicas(
     d: &Deployment,
     all: &[&ReplicaSet],
@@ -267,7 +275,7 @@ pub fn new_rs_replicas(
         return Ok(replicas);
     }
     let (surge, _) = fenceposts(d)?;
-    let current: i32 = all.iter().map(|rs| spec_replicas(rs)).sum();
+    let current: i32 = all.iter().map(|rs| pods_of(rs)).sum();
     let max_total = replicas + surge;
     let new_spec = spec_replicas(new);
     if current >= max_total {
@@ -1408,6 +1416,10 @@ mod tests {
         assert_eq!(new_rs_replicas(&d, &[&old, &new], &new).unwrap(), 1);
         let old = rs("old", 3, 3, "2024-01-01T00:00:00Z");
         assert_eq!(new_rs_replicas(&d, &[&old, &new], &new).unwrap(), 2);
+        // Scaled down but its pod not yet deleted: no room yet.
+        let mut old = rs("old", 3, 3, "2024-01-01T00:00:00Z");
+        old.status.as_mut().unwrap().replicas = 4;
+        assert_eq!(new_rs_replicas(&d, &[&old, &new], &new).unwrap(), 1);
     }
 
     #[test]
