@@ -671,3 +671,76 @@ spec:
         "{events}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_a_stuck_rollout_spreads_the_new_replicas_over_old_and_new_sets() {
+    let Some(s) = start() else { return };
+    let c = client(&s).await;
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let sets: Api<ReplicaSet> = Api::namespaced(c.clone(), "default");
+    let _kubelet = start_kubelet(pods.clone());
+    apply(
+        &s,
+        "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: api}
+spec:
+  replicas: 4
+  strategy: {rollingUpdate: {maxSurge: 1, maxUnavailable: 1}}
+  selector: {matchLabels: {app: api}}
+  template:
+    metadata: {labels: {app: api}}
+    spec: {containers: [{name: api, image: 'skiff.local/netexec:v1'}]}
+"
+        .into(),
+    )
+    .await;
+    kubectl(&s, &["rollout", "status", "deploy/api", "--timeout=30s"]).await;
+    // A broken release stalls at 3 old + 2 new pods (surge 1, one unavailable).
+    kubectl(
+        &s,
+        &["set", "image", "deploy/api", &format!("api={BROKEN}")],
+    )
+    .await;
+    let sizes = || async {
+        let mut v: Vec<(String, i32, String)> = sets
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|rs| {
+                let desired = rs.metadata.annotations.as_ref().unwrap()
+                    ["deployment.kubernetes.io/desired-replicas"]
+                    .clone();
+                (revision(&rs), rs.spec.unwrap().replicas.unwrap(), desired)
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    eventually("the rollout to stall at 3 + 2", || async {
+        let v = sizes().await;
+        v.len() == 2 && v[0].1 == 3 && v[1].1 == 2
+    })
+    .await;
+    // Scaling to 8 allows 9 pods: both sets grow by their share (3:2 of 5 -> 5:4 of 9).
+    kubectl(&s, &["scale", "deploy/api", "--replicas=8"]).await;
+    eventually("proportional scaling", || async {
+        sizes().await
+            == [
+                ("1".to_owned(), 5, "8".to_owned()),
+                ("2".to_owned(), 4, "8".to_owned()),
+            ]
+    })
+    .await;
+    eventually("5 ready old pods", || async {
+        live_pods(&pods)
+            .await
+            .iter()
+            .filter(|p| is_ready(p))
+            .count()
+            == 5
+    })
+    .await;
+}

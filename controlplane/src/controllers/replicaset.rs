@@ -141,8 +141,10 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Err
     let active: Vec<Pod> = owned.into_iter().filter(is_active).collect();
 
     let mut failure = None;
+    let mut more = false;
     if !deleting {
         let want = usize::try_from(spec.replicas.unwrap_or(1).max(0)).unwrap_or(0);
+        more = active.len().abs_diff(want) > BURST;
         if active.len() < want {
             let n = (want - active.len()).min(BURST);
             if let Err(e) = create_pods(&ctx, &pods_api, &rs, n).await {
@@ -168,6 +170,10 @@ async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action, Err
     if let Some(msg) = failure {
         tracing::warn!(replicaset = name, "creating pods failed: {msg}");
         return Ok(Action::requeue(Duration::from_secs(2)));
+    }
+    if more {
+        // Past the burst limit: carry on right away rather than wait for pod events.
+        return Ok(Action::requeue(Duration::from_millis(100)));
     }
     // Wake up when a ready pod becomes available.
     Ok(match wait {
