@@ -102,8 +102,8 @@ pub fn now() -> Timestamp {
     Timestamp::now()
 }
 
-/// Records a core/v1 Event about `obj` in its namespace. Failures are logged, never returned:
-/// an event that cannot be written must not stop a controller.
+/// Records a core/v1 Event about `obj` in its namespace, in the background: events must
+/// neither slow nor stop a controller, so failures are only logged.
 pub async fn record_event(
     client: &kube::Client,
     component: &str,
@@ -142,9 +142,12 @@ pub async fn record_event(
         ..Default::default()
     };
     let api: kube::Api<Event> = kube::Api::namespaced(client.clone(), &ns);
-    if let Err(e) = api.create(&PostParams::default(), &event).await {
-        tracing::warn!(reason, "recording event failed: {e}");
-    }
+    let reason = reason.to_owned();
+    tokio::spawn(async move {
+        if let Err(e) = api.create(&PostParams::default(), &event).await {
+            tracing::warn!(reason, "recording event failed: {e}");
+        }
+    });
 }
 
 /// An ObjectReference to a namespaced object of the given kind.
