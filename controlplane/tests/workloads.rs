@@ -744,3 +744,66 @@ spec:
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_deployment_adopts_the_replica_set_it_orphaned() {
+    let Some(s) = start() else { return };
+    let c = client(&s).await;
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let sets: Api<ReplicaSet> = Api::namespaced(c.clone(), "default");
+    let _kubelet = start_kubelet(pods.clone());
+    let manifest = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: keep}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: keep}}
+  template:
+    metadata: {labels: {app: keep}}
+    spec: {containers: [{name: keep, image: 'skiff.local/netexec:v1'}]}
+";
+    apply(&s, manifest.into()).await;
+    kubectl(&s, &["rollout", "status", "deploy/keep", "--timeout=30s"]).await;
+    let before: BTreeSet<String> = live_pods(&pods)
+        .await
+        .into_iter()
+        .map(|p| p.metadata.name.unwrap())
+        .collect();
+    kubectl(&s, &["delete", "deploy", "keep", "--cascade=orphan"]).await;
+    eventually("the replica set to be orphaned", || async {
+        let rs = sets.list(&Default::default()).await.unwrap().items;
+        rs.len() == 1
+            && rs[0]
+                .metadata
+                .owner_references
+                .as_deref()
+                .unwrap_or_default()
+                .is_empty()
+    })
+    .await;
+    apply(&s, manifest.into()).await;
+    let uid = kubectl(
+        &s,
+        &["get", "deploy", "keep", "-o", "jsonpath={.metadata.uid}"],
+    )
+    .await;
+    eventually("the replica set to be adopted", || async {
+        let rs = sets.list(&Default::default()).await.unwrap().items;
+        rs.len() == 1
+            && rs[0]
+                .metadata
+                .owner_references
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .any(|r| r.uid == uid && r.controller == Some(true))
+    })
+    .await;
+    kubectl(&s, &["rollout", "status", "deploy/keep", "--timeout=30s"]).await;
+    let after: BTreeSet<String> = live_pods(&pods)
+        .await
+        .into_iter()
+        .map(|p| p.metadata.name.unwrap())
+        .collect();
+    assert_eq!(before, after, "the same pods keep running");
+}
