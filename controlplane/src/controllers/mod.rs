@@ -5,9 +5,12 @@
 //! write through the same generic handler as HTTP requests, so every write is validated and
 //! revisioned the same way.
 
+pub mod deployment;
 pub mod endpointslice;
 pub mod gc;
 pub mod namespace;
+pub mod podutil;
+pub mod replicaset;
 pub mod runtime;
 
 use std::sync::Arc;
@@ -22,6 +25,8 @@ pub fn spawn_builtin(api: Arc<Api>, settings: runtime::Settings) {
         settings: Arc::new(settings),
     };
     tokio::spawn(endpointslice::run(ctx.clone()));
+    tokio::spawn(replicaset::run(ctx.clone()));
+    tokio::spawn(deployment::run(ctx.clone()));
     tokio::spawn(gc::run(Arc::clone(&api)));
     tokio::spawn(namespace::run(api));
 }
