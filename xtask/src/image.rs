@@ -54,19 +54,17 @@ fn import(tag: &str, cmd: &str, binaries: &[(&Path, &str)]) -> Result<()> {
         .arg(tag))
 }
 
-pub fn run() -> Result<()> {
+/// Builds the images; `release` false is the faster unoptimised build CI uses.
+pub fn run(release: bool) -> Result<()> {
     // Static glibc binaries: the images carry no libc.
-    sh(cargo()
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "skiff-images",
-            "--target",
-            TARGET,
-        ])
-        .env("RUSTFLAGS", "-C target-feature=+crt-static"))?;
-    let out = root().join("target").join(TARGET).join("release");
+    let mut build = cargo();
+    build.args(["build", "-p", "skiff-images", "--target", TARGET]);
+    if release {
+        build.arg("--release");
+    }
+    sh(build.env("RUSTFLAGS", "-C target-feature=+crt-static"))?;
+    let profile = if release { "release" } else { "debug" };
+    let out = root().join("target").join(TARGET).join(profile);
     let (pause, netexec) = (out.join("pause"), out.join("netexec"));
     import("skiff.local/pause:latest", "/pause", &[(&pause, "pause")])?;
     import(

@@ -25,7 +25,11 @@ enum Cmd {
     /// Everything CI runs: format, lints, unit and end-to-end tests.
     Ci,
     /// Builds the local container images skiff.local/pause and skiff.local/netexec.
-    Image,
+    Image {
+        /// Unoptimised binaries (faster to build; what CI uses).
+        #[arg(long)]
+        debug: bool,
+    },
     /// Regenerates the protobuf schema table (controlplane/src/api/protobuf/schema.rs) from k8s-pb.
     GenProtobuf,
     /// Benchmarks; results go to target/bench/ as JSON and SVG.
@@ -40,7 +44,7 @@ fn main() {
     let result = match cli.cmd {
         Cmd::Setup => setup::run(),
         Cmd::Ci => ci(),
-        Cmd::Image => setup::run().and_then(|()| image::run()),
+        Cmd::Image { debug } => setup::run().and_then(|()| image::run(!debug)),
         Cmd::GenProtobuf => gen_protobuf::run(&root()),
         Cmd::Bench { which } => bench::run(which),
     };
@@ -79,6 +83,8 @@ fn ci() -> Result<()> {
     setup::run()?;
     sh(cargo().args(["fmt", "--all", "--check"]))?;
     gen_protobuf::check(&root())?;
+    // The agent's end-to-end tests run pods from the local images.
+    image::run(false)?;
     sh(cargo().args([
         "clippy",
         "--workspace",
