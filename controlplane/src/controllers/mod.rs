@@ -15,11 +15,12 @@ use crate::api::Api;
 
 /// Starts every built-in control loop.
 pub fn spawn_builtin(api: Arc<Api>, settings: runtime::Settings) {
-    let _ctx = runtime::Context {
+    let ctx = runtime::Context {
         client: runtime::in_process_client(&api),
         api: Arc::clone(&api),
         settings: Arc::new(settings),
     };
     tokio::spawn(gc::run(Arc::clone(&api)));
     tokio::spawn(namespace::run(api));
+    tokio::spawn(crate::scheduler::run(ctx.clone()));
 }

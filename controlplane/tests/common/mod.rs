@@ -164,14 +164,28 @@ impl Server {
         let status = format!(
             r#"{{"status":{{"capacity":{{"cpu":"{cpu}","memory":"{memory}","pods":"110"}},"allocatable":{{"cpu":"{cpu}","memory":"{memory}","pods":"110"}},"conditions":[{{"type":"Ready","status":"True","reason":"KubeletReady"}}]}}}}"#
         );
-        self.ok(&["patch", "node", name, "--subresource=status", "--type=merge", "-p", &status]);
+        self.ok(&[
+            "patch",
+            "node",
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status,
+        ]);
     }
 
     /// Plays the node agent for pods: every pod matching `selector` in `ns` that has a node
     /// becomes Running and Ready with a pod IP.
     pub fn mark_pods_ready(&self, ns: &str, selector: &str) -> usize {
         let names = self.ok(&[
-            "get", "pods", "-n", ns, "-l", selector, "-o",
+            "get",
+            "pods",
+            "-n",
+            ns,
+            "-l",
+            selector,
+            "-o",
             "jsonpath={range .items[?(@.spec.nodeName)]}{.metadata.name}{\"\\n\"}{end}",
         ]);
         let mut n = 0;
@@ -180,7 +194,17 @@ impl Server {
                 r#"{{"status":{{"phase":"Running","podIP":"10.244.0.{}","conditions":[{{"type":"Ready","status":"True"}},{{"type":"ContainersReady","status":"True"}}],"containerStatuses":[{{"name":"c","ready":true,"restartCount":0,"image":"i","imageID":"","started":true,"state":{{"running":{{}}}}}}]}}}}"#,
                 i + 2
             );
-            self.ok(&["patch", "pod", name, "-n", ns, "--subresource=status", "--type=merge", "-p", &status]);
+            self.ok(&[
+                "patch",
+                "pod",
+                name,
+                "-n",
+                ns,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &status,
+            ]);
             n += 1;
         }
         n
