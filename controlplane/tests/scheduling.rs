@@ -157,3 +157,65 @@ fn cordoned_nodes_and_host_port_conflicts_are_respected() {
         node_of(&s, "default", "web-2") == "b"
     });
 }
+
+fn pod_cidr(s: &Server, node: &str) -> String {
+    s.ok(&["get", "node", node, "-o", "jsonpath={.spec.podCIDR}"])
+}
+
+#[test]
+fn nodes_get_unique_pod_cidrs_that_survive_a_restart_and_are_freed_on_delete() {
+    if !need("kubectl", &["version", "--client"]) {
+        return;
+    }
+    // Four /24 blocks in all.
+    let flags = [
+        "--cluster-cidr",
+        "10.200.0.0/22",
+        "--node-cidr-mask-size",
+        "24",
+    ];
+    let mut s = Server::start_with(&flags);
+    for n in ["n1", "n2", "n3"] {
+        s.register_node(n, "2", "4Gi");
+    }
+    wait_for("pod CIDRs on every node", 20, || {
+        ["n1", "n2", "n3"]
+            .iter()
+            .all(|n| !pod_cidr(&s, n).is_empty())
+    });
+    let before: Vec<String> = ["n1", "n2", "n3"].iter().map(|n| pod_cidr(&s, n)).collect();
+    for c in &before {
+        assert!(c.starts_with("10.200.") && c.ends_with(".0/24"), "{c}");
+    }
+    let cidrs = s.ok(&["get", "node", "n1", "-o", "jsonpath={.spec.podCIDRs[*]}"]);
+    assert_eq!(cidrs, before[0]);
+    let mut unique = before.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 3, "{before:?}");
+
+    // After a restart the existing blocks stay, and a new node gets the fourth one.
+    s.stop();
+    let s2 = Server::start_in(&s.dir, &flags);
+    s2.register_node("n4", "2", "4Gi");
+    wait_for("a pod CIDR on the node added after the restart", 20, || {
+        !pod_cidr(&s2, "n4").is_empty()
+    });
+    let after: Vec<String> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| pod_cidr(&s2, n))
+        .collect();
+    assert_eq!(after, before);
+    let n4 = pod_cidr(&s2, "n4");
+    assert!(!before.contains(&n4), "{n4} was already taken: {before:?}");
+
+    // The range is full now; deleting a node frees its block for the next one.
+    s2.register_node("n5", "2", "4Gi");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(pod_cidr(&s2, "n5"), "");
+    s2.ok(&["delete", "node", "n1"]);
+    wait_for("the freed block to go to the waiting node", 30, || {
+        !pod_cidr(&s2, "n5").is_empty()
+    });
+    assert_eq!(pod_cidr(&s2, "n5"), after[0]);
+}

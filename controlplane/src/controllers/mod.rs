@@ -7,6 +7,7 @@
 
 pub mod gc;
 pub mod namespace;
+pub mod nodeipam;
 pub mod runtime;
 
 use std::sync::Arc;
@@ -23,4 +24,5 @@ pub fn spawn_builtin(api: Arc<Api>, settings: runtime::Settings) {
     tokio::spawn(gc::run(Arc::clone(&api)));
     tokio::spawn(namespace::run(api));
     tokio::spawn(crate::scheduler::run(ctx.clone()));
+    tokio::spawn(nodeipam::run(ctx.clone()));
 }
