@@ -219,3 +219,238 @@ fn nodes_get_unique_pod_cidrs_that_survive_a_restart_and_are_freed_on_delete() {
     });
     assert_eq!(pod_cidr(&s2, "n5"), after[0]);
 }
+
+fn renew_lease(s: &Server, node: &str) {
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S.%6fZ")
+        .to_string();
+    s.apply(&format!(
+        "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {{name: {node}, namespace: kube-node-lease}}\nspec: {{holderIdentity: {node}, leaseDurationSeconds: 40, renewTime: '{now}'}}\n"
+    ));
+}
+
+fn ready_of(s: &Server, node: &str) -> String {
+    s.ok(&[
+        "get",
+        "node",
+        node,
+        "-o",
+        "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
+    ])
+}
+
+fn taints_of(s: &Server, node: &str) -> String {
+    s.ok(&[
+        "get",
+        "node",
+        node,
+        "-o",
+        "jsonpath={.spec.taints[*].key}:{.spec.taints[*].effect}",
+    ])
+}
+
+#[test]
+fn a_node_whose_lease_stops_becomes_unknown_is_tainted_and_its_pods_are_evicted() {
+    if !need("kubectl", &["version", "--client"]) {
+        return;
+    }
+    let s = Server::start_with(&["--node-monitor-grace-period", "3"]);
+    s.register_node("flaky", "4", "8Gi");
+    s.register_node("steady", "4", "8Gi");
+    renew_lease(&s, "flaky");
+    let on_flaky = |name: &str, secs: u32| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  nodeSelector: {{kubernetes.io/hostname: flaky}}\n  tolerations: [{{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: {secs}}}]\n  containers:\n  - name: c\n    image: skiff.local/pause\n"
+        )
+    };
+    s.apply(&on_flaky("victim", 2));
+    s.apply(&on_flaky("patient", 3600));
+    wait_for("pods bound to flaky", 20, || {
+        node_of(&s, "default", "victim") == "flaky" && node_of(&s, "default", "patient") == "flaky"
+    });
+    s.mark_pods_ready("default", "");
+
+    // Renewing keeps the node Ready well past the grace period.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        renew_lease(&s, "flaky");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(ready_of(&s, "flaky"), "True");
+    assert_eq!(taints_of(&s, "flaky"), ":");
+
+    // Then the lease stops.
+    wait_for("flaky to become Unknown", 20, || {
+        ready_of(&s, "flaky") == "Unknown"
+    });
+    let reason = s.ok(&[
+        "get", "node", "flaky", "-o",
+        "jsonpath={.status.conditions[?(@.type=='Ready')].reason}/{.status.conditions[?(@.type=='Ready')].message}",
+    ]);
+    assert_eq!(
+        reason,
+        "NodeStatusUnknown/Kubelet stopped posting node status."
+    );
+    wait_for("the unreachable taint", 10, || {
+        taints_of(&s, "flaky") == "node.kubernetes.io/unreachable:NoExecute"
+    });
+    // The statically registered node (no heartbeat at all) is left alone.
+    assert_eq!(ready_of(&s, "steady"), "True");
+
+    // The pod tolerating 2 s is evicted; the one tolerating an hour stays (but not Ready).
+    wait_for("the victim to be evicted", 20, || {
+        let out = s.kubectl(&[
+            "get",
+            "pod",
+            "victim",
+            "-o",
+            "jsonpath={.metadata.deletionTimestamp}",
+        ]);
+        !out.status.success() || !String::from_utf8_lossy(&out.stdout).is_empty()
+    });
+    let patient = s.ok(&[
+        "get",
+        "pod",
+        "patient",
+        "-o",
+        "jsonpath={.metadata.deletionTimestamp}/{.status.conditions[?(@.type=='Ready')].status}",
+    ]);
+    assert_eq!(patient, "/False");
+
+    // New pods are not placed on the unreachable node.
+    s.apply(&on_flaky("newcomer", 3600));
+    wait_for("the newcomer to be unschedulable", 20, || {
+        s.ok(&[
+            "get",
+            "pod",
+            "newcomer",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type=='PodScheduled')].message}",
+        ])
+        .contains("0/2 nodes are available")
+    });
+    assert_eq!(node_of(&s, "default", "newcomer"), "");
+
+    // The kubelet comes back: lease renewed and Ready posted; the taint goes away.
+    renew_lease(&s, "flaky");
+    s.ok(&[
+        "patch",
+        "node",
+        "flaky",
+        "--subresource=status",
+        "--type=strategic",
+        "-p",
+        r#"{"status":{"conditions":[{"type":"Ready","status":"True","reason":"KubeletReady"}]}}"#,
+    ]);
+    wait_for("the taint to be removed", 15, || {
+        taints_of(&s, "flaky") == ":"
+    });
+    wait_for(
+        "the newcomer to be scheduled on the recovered node",
+        30,
+        || node_of(&s, "default", "newcomer") == "flaky",
+    );
+}
+
+fn daemon_pods(s: &Server) -> Vec<(String, String, String, bool)> {
+    let out = s.ok(&[
+        "get", "pods", "-n", "default", "-l", "app=agent", "-o",
+        "jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName} {.spec.containers[0].image} {.metadata.deletionTimestamp}{\"\\n\"}{end}",
+    ]);
+    out.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (
+                f[0].to_owned(),
+                f.get(1).unwrap_or(&"").to_string(),
+                f.get(2).unwrap_or(&"").to_string(),
+                f.get(3).is_some_and(|d| !d.is_empty()),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_daemonset_runs_one_pod_per_eligible_node_follows_new_nodes_and_rolls_out_updates() {
+    if !need("kubectl", &["version", "--client"]) {
+        return;
+    }
+    let s = Server::start();
+    s.register_node("n1", "2", "4Gi");
+    s.register_node("n2", "2", "4Gi");
+    s.register_node("tainted", "2", "4Gi");
+    s.ok(&["taint", "node", "tainted", "dedicated=db:NoSchedule"]);
+    s.apply(
+        "apiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: agent\nspec:\n  selector:\n    matchLabels: {app: agent}\n  updateStrategy: {type: RollingUpdate, rollingUpdate: {maxUnavailable: 1}}\n  template:\n    metadata:\n      labels: {app: agent}\n    spec:\n      containers:\n      - name: c\n        image: skiff.local/pause:v1\n",
+    );
+    let nodes_with_pods = |s: &Server| {
+        let mut n: Vec<String> = daemon_pods(s)
+            .into_iter()
+            .filter(|p| !p.3)
+            .map(|p| p.1)
+            .collect();
+        n.sort();
+        n
+    };
+    wait_for("one bound daemon pod on each untainted node", 20, || {
+        nodes_with_pods(&s) == ["n1", "n2"]
+    });
+    // A node joining gets its daemon pod.
+    s.register_node("n3", "2", "4Gi");
+    wait_for("a daemon pod on the new node", 20, || {
+        nodes_with_pods(&s) == ["n1", "n2", "n3"]
+    });
+    s.mark_pods_ready("default", "app=agent");
+    wait_for("the DaemonSet status", 20, || {
+        s.ok(&[
+            "get", "ds", "agent", "-o",
+            "jsonpath={.status.desiredNumberScheduled}/{.status.currentNumberScheduled}/{.status.numberReady}/{.status.updatedNumberScheduled}/{.status.observedGeneration}",
+        ]) == "3/3/3/3/1"
+    });
+    let events = s.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=agent,reason=SuccessfulCreate",
+        "-o",
+        "jsonpath={.items[*].message}",
+    ]);
+    assert!(events.contains("Created pod: agent-"), "{events}");
+
+    // Rolling update: never more than one node without a ready daemon pod.
+    s.ok(&["set", "image", "ds/agent", "c=skiff.local/pause:v2"]);
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let pods = daemon_pods(&s);
+        let down = pods.iter().filter(|p| p.3).count();
+        assert!(
+            down <= 1,
+            "more than maxUnavailable pods replaced at once: {pods:?}"
+        );
+        if pods.len() == 3
+            && pods
+                .iter()
+                .all(|p| p.2.ends_with(":v2") && !p.1.is_empty() && !p.3)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rollout did not finish: {pods:?}"
+        );
+        // Play the kubelet: finish terminating pods, report new ones ready.
+        for p in pods.iter().filter(|p| p.3) {
+            s.ok(&["delete", "pod", &p.0, "--grace-period=0", "--force"]);
+        }
+        s.mark_pods_ready("default", "app=agent");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    s.mark_pods_ready("default", "app=agent");
+    wait_for("the rolled-out status", 20, || {
+        s.ok(&[
+            "get", "ds", "agent", "-o",
+            "jsonpath={.status.updatedNumberScheduled}/{.status.numberAvailable}/{.status.observedGeneration}",
+        ]) == "3/3/2"
+    });
+}

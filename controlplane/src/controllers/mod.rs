@@ -5,9 +5,11 @@
 //! write through the same generic handler as HTTP requests, so every write is validated and
 //! revisioned the same way.
 
+pub mod daemonset;
 pub mod gc;
 pub mod namespace;
 pub mod nodeipam;
+pub mod nodelifecycle;
 pub mod runtime;
 
 use std::sync::Arc;
@@ -25,4 +27,6 @@ pub fn spawn_builtin(api: Arc<Api>, settings: runtime::Settings) {
     tokio::spawn(namespace::run(api));
     tokio::spawn(crate::scheduler::run(ctx.clone()));
     tokio::spawn(nodeipam::run(ctx.clone()));
+    tokio::spawn(nodelifecycle::run(ctx.clone()));
+    tokio::spawn(daemonset::run(ctx.clone()));
 }

@@ -53,8 +53,8 @@ pub fn nodes_to_find(total: usize) -> usize {
 }
 
 enum Input {
-    Pod(Result<watcher::Event<Pod>, watcher::Error>),
-    Node(Result<watcher::Event<Node>, watcher::Error>),
+    Pod(Box<Result<watcher::Event<Pod>, watcher::Error>>),
+    Node(Box<Result<watcher::Event<Node>, watcher::Error>>),
     BindFailed {
         key: String,
         uid: String,
@@ -70,11 +70,11 @@ pub async fn run(ctx: Context) {
     let streams: Vec<BoxStream<'static, Input>> = vec![
         watcher(pods, watcher::Config::default())
             .default_backoff()
-            .map(Input::Pod)
+            .map(|e| Input::Pod(Box::new(e)))
             .boxed(),
         watcher(nodes, watcher::Config::default())
             .default_backoff()
-            .map(Input::Node)
+            .map(|e| Input::Node(Box::new(e)))
             .boxed(),
         tokio_stream::wrappers::UnboundedReceiverStream::new(rx).boxed(),
     ];
@@ -104,25 +104,24 @@ pub async fn run(ctx: Context) {
                 return;
             };
             match s.schedule(&key) {
-                Ok(Some(pod_node)) => {
-                    let (pod, node) = pod_node;
+                Outcome::Assumed(pod, node) => {
                     let was_unschedulable = s.last_failure.remove(&key).is_some();
                     let client = ctx.client.clone();
                     let tx = tx.clone();
                     let recorder = recorder.clone();
                     tokio::spawn(async move {
                         let _permit = permit;
-                        bind(client, pod, node, was_unschedulable, tx, recorder).await;
+                        bind(client, *pod, node, was_unschedulable, tx, recorder).await;
                     });
                 }
-                Ok(None) => {}
-                Err((pod, message)) => {
+                Outcome::Nothing => {}
+                Outcome::Unschedulable(pod, message) => {
                     drop(permit);
                     let changed = s.last_failure.get(&key) != Some(&message);
                     s.last_failure.insert(key.clone(), message.clone());
                     recorder.emit(pod_ref(&pod), "Warning", "FailedScheduling", &message);
                     if changed {
-                        tokio::spawn(mark_unschedulable(ctx.client.clone(), pod, message));
+                        tokio::spawn(mark_unschedulable(ctx.client.clone(), *pod, message));
                     }
                 }
             }
@@ -208,6 +207,19 @@ async fn mark_unschedulable(client: kube::Client, pod: PodInfo, message: String)
     }
 }
 
+/// (topology key, value) pairs a candidate node must not have.
+type Blocks = BTreeSet<(String, String)>;
+
+/// What became of one scheduling attempt.
+enum Outcome {
+    /// The pod is gone or no longer ours.
+    Nothing,
+    /// Assumed on the node; to be bound.
+    Assumed(Box<PodInfo>, String),
+    /// No node fits; the FitError message.
+    Unschedulable(Box<PodInfo>, String),
+}
+
 #[derive(Default)]
 struct Scheduler {
     nodes: Vec<NodeInfo>,
@@ -234,64 +246,39 @@ struct Scheduler {
 impl Scheduler {
     fn handle(&mut self, input: Input) {
         match input {
-            Input::Pod(Ok(ev)) => match ev {
-                watcher::Event::Apply(p) => self.pod_applied(&p),
-                watcher::Event::Delete(p) => {
-                    let info = PodInfo::from_pod(&p);
-                    self.pod_deleted(&info.key(), &info.uid);
-                }
-                watcher::Event::Init => self.pod_init = Some(HashSet::new()),
-                watcher::Event::InitApply(p) => {
-                    let info = PodInfo::from_pod(&p);
-                    if let Some(seen) = &mut self.pod_init {
-                        seen.insert(info.key());
+            Input::Pod(ev) => match *ev {
+                Ok(ev) => self.pod_event(ev),
+                Err(e) => tracing::warn!("scheduler pod watch failed (retrying): {e}"),
+            },
+            Input::Node(ev) => match *ev {
+                Err(e) => tracing::warn!("scheduler node watch failed (retrying): {e}"),
+                Ok(ev) => match ev {
+                    watcher::Event::Apply(n) => self.node_applied(&n),
+                    watcher::Event::Delete(n) => {
+                        self.node_deleted(n.metadata.name.as_deref().unwrap_or(""))
                     }
-                    self.pod_applied(&p);
-                }
-                watcher::Event::InitDone => {
-                    if let Some(seen) = self.pod_init.take() {
-                        let gone: Vec<String> = self
-                            .pending
-                            .keys()
-                            .chain(self.placed.keys())
-                            .filter(|k| !seen.contains(*k))
-                            .cloned()
-                            .collect();
-                        for k in gone {
-                            self.pod_deleted(&k, "");
+                    watcher::Event::Init => self.node_init = Some(HashSet::new()),
+                    watcher::Event::InitApply(n) => {
+                        if let Some(seen) = &mut self.node_init {
+                            seen.insert(n.metadata.name.clone().unwrap_or_default());
+                        }
+                        self.node_applied(&n);
+                    }
+                    watcher::Event::InitDone => {
+                        if let Some(seen) = self.node_init.take() {
+                            let gone: Vec<String> = self
+                                .node_index
+                                .keys()
+                                .filter(|k| !seen.contains(*k))
+                                .cloned()
+                                .collect();
+                            for n in gone {
+                                self.node_deleted(&n);
+                            }
                         }
                     }
-                }
+                },
             },
-            Input::Node(Ok(ev)) => match ev {
-                watcher::Event::Apply(n) => self.node_applied(&n),
-                watcher::Event::Delete(n) => {
-                    self.node_deleted(n.metadata.name.as_deref().unwrap_or(""))
-                }
-                watcher::Event::Init => self.node_init = Some(HashSet::new()),
-                watcher::Event::InitApply(n) => {
-                    if let Some(seen) = &mut self.node_init {
-                        seen.insert(n.metadata.name.clone().unwrap_or_default());
-                    }
-                    self.node_applied(&n);
-                }
-                watcher::Event::InitDone => {
-                    if let Some(seen) = self.node_init.take() {
-                        let gone: Vec<String> = self
-                            .node_index
-                            .keys()
-                            .filter(|k| !seen.contains(*k))
-                            .cloned()
-                            .collect();
-                        for n in gone {
-                            self.node_deleted(&n);
-                        }
-                    }
-                }
-            },
-            Input::Pod(Err(e)) | Input::Node(Err(e)) => {
-                tracing::warn!("scheduler watch failed (retrying): {e}");
-            }
             Input::BindFailed { key, uid, node } => {
                 if self.assumed.remove(&key)
                     && self
@@ -303,6 +290,38 @@ impl Scheduler {
                 }
                 if self.pending.get(&key).is_some_and(|p| p.uid == uid) {
                     self.bump_backoff(&key, Instant::now());
+                }
+            }
+        }
+    }
+
+    fn pod_event(&mut self, ev: watcher::Event<Pod>) {
+        match ev {
+            watcher::Event::Apply(p) => self.pod_applied(&p),
+            watcher::Event::Delete(p) => {
+                let info = PodInfo::from_pod(&p);
+                self.pod_deleted(&info.key(), &info.uid);
+            }
+            watcher::Event::Init => self.pod_init = Some(HashSet::new()),
+            watcher::Event::InitApply(p) => {
+                let info = PodInfo::from_pod(&p);
+                if let Some(seen) = &mut self.pod_init {
+                    seen.insert(info.key());
+                }
+                self.pod_applied(&p);
+            }
+            watcher::Event::InitDone => {
+                if let Some(seen) = self.pod_init.take() {
+                    let gone: Vec<String> = self
+                        .pending
+                        .keys()
+                        .chain(self.placed.keys())
+                        .filter(|k| !seen.contains(*k))
+                        .cloned()
+                        .collect();
+                    for k in gone {
+                        self.pod_deleted(&k, "");
+                    }
                 }
             }
         }
@@ -495,10 +514,7 @@ impl Scheduler {
 
     /// Topology values (of `topology_key`) that hold a pod matched by an anti-affinity term,
     /// as (topology key, value) pairs a candidate node must not have.
-    fn anti_affinity_blocks(
-        &self,
-        pod: &PodInfo,
-    ) -> (BTreeSet<(String, String)>, BTreeSet<(String, String)>) {
+    fn anti_affinity_blocks(&self, pod: &PodInfo) -> (Blocks, Blocks) {
         let mut own = BTreeSet::new();
         let mut existing = BTreeSet::new();
         let node_label = |node: &str, key: &str| {
@@ -534,12 +550,10 @@ impl Scheduler {
         (own, existing)
     }
 
-    /// Schedules one pod: Ok(Some) when assumed on a node (to be bound), Ok(None) when there
-    /// is nothing to do, Err with the FitError message when no node fits.
-    #[allow(clippy::type_complexity)]
-    fn schedule(&mut self, key: &str) -> Result<Option<(PodInfo, String)>, (PodInfo, String)> {
+    /// Schedules one pod.
+    fn schedule(&mut self, key: &str) -> Outcome {
         let Some(pod) = self.pending.get(key).cloned() else {
-            return Ok(None);
+            return Outcome::Nothing;
         };
         let total = self.nodes.len();
         let want = nodes_to_find(total);
@@ -583,14 +597,14 @@ impl Scheduler {
             let now = Instant::now();
             *self.attempts.entry(key.to_owned()).or_default() += 1;
             self.unschedulable.insert(key.to_owned(), now);
-            return Err((pod, fit_error(total, &reasons)));
+            return Outcome::Unschedulable(Box::new(pod), fit_error(total, &reasons));
         };
         let node = self.nodes[best].name.clone();
         let mut assumed = pod.clone();
         assumed.node_name = node.clone();
         self.assumed.insert(key.to_owned());
         self.place(key.to_owned(), assumed);
-        Ok(Some((pod, node)))
+        Outcome::Assumed(Box::new(pod), node)
     }
 }
 
@@ -694,6 +708,13 @@ mod tests {
         serde_json::from_value(v).unwrap()
     }
 
+    fn assumed(o: Outcome) -> String {
+        match o {
+            Outcome::Assumed(_, n) => n,
+            _ => panic!("expected the pod to be assumed on a node"),
+        }
+    }
+
     #[test]
     fn the_sample_size_follows_kube_schedulers_adaptive_percentage() {
         assert_eq!(nodes_to_find(3), 3);
@@ -712,12 +733,14 @@ mod tests {
         s.pod_applied(&pod("b", "800m", json!({})));
         s.pod_applied(&pod("c", "800m", json!({})));
         let a = s.pop_active().unwrap();
-        let (_, na) = s.schedule(&a).unwrap().unwrap();
+        let na = assumed(s.schedule(&a));
         let b = s.pop_active().unwrap();
-        let (_, nb) = s.schedule(&b).unwrap().unwrap();
+        let nb = assumed(s.schedule(&b));
         assert_ne!(na, nb);
         let c = s.pop_active().unwrap();
-        let (_, msg) = s.schedule(&c).unwrap_err();
+        let Outcome::Unschedulable(_, msg) = s.schedule(&c) else {
+            panic!("c fits nowhere")
+        };
         assert_eq!(msg, "0/2 nodes are available: 2 Insufficient cpu.");
         assert!(s.unschedulable.contains_key("d/c"));
         // Deleting a bound pod frees its node and sends the waiting pod to backoff.
@@ -725,7 +748,7 @@ mod tests {
         assert!(s.unschedulable.is_empty());
         s.requeue_due(Instant::now() + Duration::from_secs(2));
         let c = s.pop_active().unwrap();
-        let (_, nc) = s.schedule(&c).unwrap().unwrap();
+        let nc = assumed(s.schedule(&c));
         assert_eq!(nc, na);
     }
 
@@ -735,7 +758,9 @@ mod tests {
         s.node_applied(&node("n1", "1"));
         s.pod_applied(&pod("a", "800m", json!({})));
         let a = s.pop_active().unwrap();
-        let (p, n) = s.schedule(&a).unwrap().unwrap();
+        let Outcome::Assumed(p, n) = s.schedule(&a) else {
+            panic!("a fits")
+        };
         assert_eq!(s.nodes[0].requested.milli_cpu, 800);
         s.handle(Input::BindFailed {
             key: a.clone(),
@@ -761,9 +786,9 @@ mod tests {
         let mut placed = Vec::new();
         while let Some(k) = s.pop_active() {
             match s.schedule(&k) {
-                Ok(Some((_, n))) => placed.push(n),
-                Ok(None) => {}
-                Err((_, msg)) => assert_eq!(
+                Outcome::Assumed(_, n) => placed.push(n),
+                Outcome::Nothing => {}
+                Outcome::Unschedulable(_, msg) => assert_eq!(
                     msg,
                     "0/2 nodes are available: 2 node(s) didn't match pod anti-affinity rules."
                 ),
@@ -779,7 +804,7 @@ mod tests {
         s.node_applied(&node("n1", "1"));
         s.pod_applied(&pod("big", "2", json!({})));
         let k = s.pop_active().unwrap();
-        assert!(s.schedule(&k).is_err());
+        assert!(matches!(s.schedule(&k), Outcome::Unschedulable(..)));
         // Our own PodScheduled=False write comes back as an update with the same spec.
         s.pod_applied(&pod("big", "2", json!({})));
         s.requeue_due(Instant::now() + Duration::from_secs(5));
@@ -787,6 +812,6 @@ mod tests {
         s.node_applied(&node("n1", "4"));
         s.requeue_due(Instant::now() + Duration::from_secs(5));
         assert_eq!(s.pop_active().as_deref(), Some("d/big"));
-        assert!(s.schedule("d/big").unwrap().is_some());
+        assert!(matches!(s.schedule("d/big"), Outcome::Assumed(..)));
     }
 }
