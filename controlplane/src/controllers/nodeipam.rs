@@ -235,7 +235,13 @@ async fn reconcile(node: Arc<Node>, ipam: Arc<Ipam>) -> Result<Action, Error> {
 
 fn error_policy(_node: Arc<Node>, err: &Error, _ipam: Arc<Ipam>) -> Action {
     tracing::warn!("{err}");
-    Action::requeue(Duration::from_secs(5))
+    // A full range only frees up when nodes go: look again now and then, not in a hot loop.
+    let after = if matches!(err, Error::Exhausted { .. }) {
+        10
+    } else {
+        5
+    };
+    Action::requeue(Duration::from_secs(after))
 }
 
 #[cfg(test)]

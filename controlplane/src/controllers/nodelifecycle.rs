@@ -15,13 +15,12 @@
 //! Each pass recomputes everything from the reflector caches; nothing depends on events.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
@@ -64,7 +63,6 @@ pub async fn run(ctx: Context) {
         ctx.client.clone(),
         LEASE_NAMESPACE,
     ));
-    let pods = cache(Api::<Pod>::all(ctx.client.clone()));
     for s in [
         nodes.wait_until_ready().await,
         leases.wait_until_ready().await,
@@ -73,9 +71,6 @@ pub async fn run(ctx: Context) {
             return;
         }
     }
-    if pods.wait_until_ready().await.is_err() {
-        return;
-    }
     let grace = ctx.settings.node_monitor_grace;
     let period = (grace / 4).clamp(Duration::from_millis(500), Duration::from_secs(5));
     let recorder = Recorder::start(ctx.client.clone(), "node-controller");
@@ -83,7 +78,6 @@ pub async fn run(ctx: Context) {
         ctx,
         nodes,
         leases,
-        pods,
         grace,
         recorder,
         seen: HashMap::new(),
@@ -99,7 +93,6 @@ struct Monitor {
     ctx: Context,
     nodes: Store<Node>,
     leases: Store<Lease>,
-    pods: Store<Pod>,
     grace: Duration,
     recorder: Recorder,
     /// Per node: the last heartbeat seen and when it was first seen.
@@ -203,16 +196,9 @@ impl Monitor {
                 .iter()
                 .any(|x| x.metadata.name.as_deref() == Some(n.as_str()))
         });
-        let mut pods_by_node: HashMap<String, Vec<Arc<Pod>>> = HashMap::new();
-        for p in self.pods.state() {
-            if let Some(n) = p.spec.as_ref().and_then(|s| s.node_name.clone()) {
-                pods_by_node.entry(n).or_default().push(p);
-            }
-        }
         for node in nodes {
             let name = node.metadata.name.clone().unwrap_or_default();
-            let pods = pods_by_node.remove(&name).unwrap_or_default();
-            if let Err(e) = self.check(&node, &name, &pods, now).await {
+            if let Err(e) = self.check(&node, &name, now).await {
                 tracing::warn!(node = name, "node lifecycle: {e}");
             }
         }
@@ -238,13 +224,7 @@ impl Monitor {
         (lease.is_some() || hb.is_some()).then(|| format!("{lease:?}/{hb:?}"))
     }
 
-    async fn check(
-        &mut self,
-        node: &Node,
-        name: &str,
-        pods: &[Arc<Pod>],
-        now: Instant,
-    ) -> Result<(), kube::Error> {
+    async fn check(&mut self, node: &Node, name: &str, now: Instant) -> Result<(), kube::Error> {
         let api: Api<Node> = Api::all(self.ctx.client.clone());
         let mut ready = ready_status(node);
         let mut rv = node.metadata.resource_version.clone();
@@ -275,8 +255,22 @@ impl Monitor {
             // Never heard of: leave statically registered nodes alone.
             return Ok(());
         }
+        let has_no_execute = |t: &[Taint]| t.iter().any(|t| t.effect == "NoExecute");
+        let current_taints = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.as_deref())
+            .unwrap_or(&[]);
+        // Pods are only looked at on troubled nodes (rare), so no cache of every pod is kept.
+        let pods = if ready.as_deref() != Some("True") || has_no_execute(current_taints) {
+            let api: Api<Pod> = Api::all(self.ctx.client.clone());
+            let lp = ListParams::default().fields(&format!("spec.nodeName={name}"));
+            api.list(&lp).await?.items
+        } else {
+            Vec::new()
+        };
         if ready.as_deref() != Some("True") {
-            self.mark_pods_not_ready(pods).await;
+            self.mark_pods_not_ready(&pods).await;
         }
         let taints = node
             .spec
@@ -295,7 +289,7 @@ impl Monitor {
             }
             None => taints,
         };
-        self.evict(&taints, pods).await;
+        self.evict(&taints, &pods).await;
         Ok(())
     }
 
@@ -333,7 +327,7 @@ impl Monitor {
         .map(|n| n.metadata.resource_version)
     }
 
-    async fn mark_pods_not_ready(&self, pods: &[Arc<Pod>]) {
+    async fn mark_pods_not_ready(&self, pods: &[Pod]) {
         for pod in pods {
             let ready = pod
                 .status
@@ -360,7 +354,7 @@ impl Monitor {
         }
     }
 
-    async fn evict(&self, taints: &[Taint], pods: &[Arc<Pod>]) {
+    async fn evict(&self, taints: &[Taint], pods: &[Pod]) {
         if !taints.iter().any(|t| t.effect == "NoExecute") {
             return;
         }

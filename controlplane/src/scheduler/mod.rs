@@ -633,7 +633,8 @@ impl Recorder {
         let (tx, rx) = mpsc::channel::<CoreEvent>(1000);
         tokio::spawn(async move {
             tokio_stream::wrappers::ReceiverStream::new(rx)
-                .for_each_concurrent(8, |ev| {
+                // One write at a time: events never crowd out bindings or other writes.
+                .for_each_concurrent(1, |ev| {
                     let client = client.clone();
                     async move {
                         let ns = ev.metadata.namespace.clone().unwrap_or_default();
