@@ -254,7 +254,7 @@ fn a_node_whose_lease_stops_becomes_unknown_is_tainted_and_its_pods_are_evicted(
     if !need("kubectl", &["version", "--client"]) {
         return;
     }
-    let s = Server::start_with(&["--node-monitor-grace-period", "3"]);
+    let s = Server::start_with(&["--node-monitor-grace-period", "5"]);
     s.register_node("flaky", "4", "8Gi");
     s.register_node("steady", "4", "8Gi");
     renew_lease(&s, "flaky");
@@ -272,7 +272,7 @@ fn a_node_whose_lease_stops_becomes_unknown_is_tainted_and_its_pods_are_evicted(
 
     // Renewing keeps the node Ready well past the grace period.
     let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(5) {
+    while started.elapsed() < Duration::from_secs(7) {
         renew_lease(&s, "flaky");
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -280,7 +280,7 @@ fn a_node_whose_lease_stops_becomes_unknown_is_tainted_and_its_pods_are_evicted(
     assert_eq!(taints_of(&s, "flaky"), ":");
 
     // Then the lease stops.
-    wait_for("flaky to become Unknown", 20, || {
+    wait_for("flaky to become Unknown", 30, || {
         ready_of(&s, "flaky") == "Unknown"
     });
     let reason = s.ok(&[
