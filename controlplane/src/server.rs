@@ -129,13 +129,17 @@ pub async fn start(cfg: Config) -> Result<Running, ServerError> {
 
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&cfg.data_dir.join("state.db"))?);
     let tokens: HashSet<String> = [pki.admin_token.clone(), pki.node_token.clone()].into();
-    let api = Api::new(
+    let api = Api::with_settings(
         Arc::clone(&store),
         tokens,
         format!("{host}:{}", addr.port()),
+        &cfg.settings,
     )
     .await?;
     bootstrap(&api).await?;
+    if let Err(e) = crate::api::allocator::bootstrap_services(&api, &cfg.settings).await {
+        tracing::error!("creating the kubernetes and kube-dns Services: {e}");
+    }
     controllers::spawn_builtin(Arc::clone(&api), cfg.settings.clone());
     tokio::spawn(compact_periodically(
         Arc::clone(&store),

@@ -206,7 +206,7 @@ fn apply_get_scale_patch_and_cascading_delete_work_as_on_kubernetes() {
         "jsonpath={.metadata.uid}",
     ]);
     s.apply(&format!(
-        "apiVersion: apps/v1\nkind: ReplicaSet\nmetadata:\n  name: web-1\n  namespace: shop\n  ownerReferences: [{{apiVersion: apps/v1, kind: Deployment, name: web, uid: \"{uid}\", controller: true}}]\nspec:\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec: {{containers: [{{name: c, image: i}}]}}\n"
+        "apiVersion: apps/v1\nkind: ReplicaSet\nmetadata:\n  name: web-1\n  namespace: shop\n  labels: {{app: web}}\n  ownerReferences: [{{apiVersion: apps/v1, kind: Deployment, name: web, uid: \"{uid}\", controller: true}}]\nspec:\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec: {{containers: [{{name: c, image: i}}]}}\n"
     ));
     let rs_uid = s.ok(&[
         "get",
@@ -440,4 +440,122 @@ fn objects_survive_a_controlplane_restart() {
         ]),
         "3"
     );
+}
+
+#[test]
+fn typed_create_commands_work_with_protobuf_bodies() {
+    if !need("kubectl", &["version", "--client"]) {
+        return;
+    }
+    let s = Server::start();
+    // kubectl >= 1.32 sends these as application/vnd.kubernetes.protobuf.
+    assert!(
+        s.ok(&["create", "namespace", "typed"])
+            .contains("namespace/typed created")
+    );
+    s.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "-n",
+        "typed",
+        "--image=skiff.local/netexec:latest",
+        "--replicas=0",
+        "--port=8080",
+    ]);
+    s.ok(&[
+        "create",
+        "configmap",
+        "cfg",
+        "-n",
+        "typed",
+        "--from-literal=k=v",
+    ]);
+    s.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "sec",
+        "-n",
+        "typed",
+        "--from-literal=password=s3cret",
+    ]);
+    s.ok(&[
+        "create",
+        "service",
+        "clusterip",
+        "web",
+        "-n",
+        "typed",
+        "--tcp=80:8080",
+    ]);
+    let got = s.ok(&["get", "deploy/web", "cm/cfg", "secret/sec", "svc/web", "-n", "typed", "-o",
+        "jsonpath={range .items[*]}{.kind}:{.spec.replicas}{.data.k}{.data.password}{.spec.ports[0].targetPort} {end}"]);
+    assert_eq!(
+        got,
+        "Deployment:0 ConfigMap:v Secret:czNjcmV0 Service:8080 "
+    );
+}
+
+#[test]
+fn every_kubectl_release_on_the_machine_works() {
+    if !need("kubectl", &["version", "--client"]) {
+        return;
+    }
+    let s = Server::start();
+    let mut tried = 0;
+    for minor in 27..=33 {
+        let bin = format!("/usr/lib/google-cloud-sdk/bin/kubectl.1.{minor}");
+        if !std::path::Path::new(&bin).exists() {
+            continue;
+        }
+        tried += 1;
+        let run = |args: &[&str], stdin: Option<&str>| {
+            let mut child = Command::new("timeout")
+                .arg("60")
+                .arg(&bin)
+                .args(args)
+                .env("KUBECONFIG", &s.kubeconfig)
+                .stdin(if stdin.is_some() {
+                    Stdio::piped()
+                } else {
+                    Stdio::null()
+                })
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            if let Some(input) = stdin {
+                use std::io::Write;
+                child
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(input.as_bytes())
+                    .unwrap();
+            }
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "kubectl 1.{minor} {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let ns = format!("v1-{minor}");
+        run(&["create", "namespace", &ns], None);
+        let manifest = APP.replace("shop", &ns);
+        assert!(
+            run(&["apply", "-f", "-"], Some(&manifest)).contains("deployment.apps/web created")
+        );
+        let table = run(&["get", "deploy", "-n", &ns], None);
+        assert_eq!(
+            header(&table),
+            ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
+            "kubectl 1.{minor}"
+        );
+        run(&["scale", "deploy", "web", "-n", &ns, "--replicas=4"], None);
+        run(&["delete", "namespace", &ns], None);
+    }
+    eprintln!("tried {tried} kubectl releases");
 }

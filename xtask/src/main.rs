@@ -1,6 +1,8 @@
 //! Developer, CI and benchmark tasks: `cargo xtask <command>`.
 
 mod bench;
+mod gen_protobuf;
+mod image;
 mod setup;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +24,10 @@ enum Cmd {
     Setup,
     /// Everything CI runs: format, lints, unit and end-to-end tests.
     Ci,
+    /// Builds the local container images skiff.local/pause and skiff.local/netexec.
+    Image,
+    /// Regenerates the protobuf schema table (controlplane/src/api/protobuf/schema.rs) from k8s-pb.
+    GenProtobuf,
     /// Benchmarks; results go to target/bench/ as JSON and SVG.
     Bench {
         #[command(subcommand)]
@@ -34,6 +40,8 @@ fn main() {
     let result = match cli.cmd {
         Cmd::Setup => setup::run(),
         Cmd::Ci => ci(),
+        Cmd::Image => setup::run().and_then(|()| image::run()),
+        Cmd::GenProtobuf => gen_protobuf::run(&root()),
         Cmd::Bench { which } => bench::run(which),
     };
     if let Err(e) = result {
@@ -70,6 +78,7 @@ fn ci() -> Result<()> {
     let started = std::time::Instant::now();
     setup::run()?;
     sh(cargo().args(["fmt", "--all", "--check"]))?;
+    gen_protobuf::check(&root())?;
     sh(cargo().args([
         "clippy",
         "--workspace",
@@ -79,9 +88,57 @@ fn ci() -> Result<()> {
         "warnings",
     ]))?;
     // The end-to-end tests drive the real binaries, kubectl and the Python client.
-    sh(cargo()
-        .args(["test", "--workspace", "--no-fail-fast"])
-        .env("SKIFF_E2E_REQUIRED", "1"))?;
+    let (passed, failed) = test_counting(
+        cargo()
+            .args([
+                "test",
+                "--workspace",
+                "--lib",
+                "--bins",
+                "--tests",
+                "--no-fail-fast",
+            ])
+            .env("SKIFF_E2E_REQUIRED", "1"),
+    )?;
     eprintln!("ci: all steps passed in {:.0?}", started.elapsed());
+    println!("ci: {passed} passed, {failed} failed");
     Ok(())
+}
+
+/// Runs `cargo test`, echoing its output, and adds up the per-binary result lines.
+fn test_counting(cmd: &mut Command) -> Result<(u64, u64)> {
+    use std::io::{BufRead, BufReader};
+    eprintln!("+ {cmd:?}");
+    let mut child = cmd
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    let (mut passed, mut failed) = (0, 0);
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            println!("{line}");
+            // "test result: ok. 12 passed; 0 failed; 0 ignored; ..."
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                for part in rest.split(';') {
+                    let mut words = part.split_whitespace().rev();
+                    let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                        continue;
+                    };
+                    let n: u64 = n.parse().unwrap_or(0);
+                    match what {
+                        "passed" => passed += n,
+                        "failed" => failed += n,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() || failed > 0 {
+        println!("ci: {passed} passed, {failed} failed");
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok((passed, failed))
 }

@@ -1,13 +1,22 @@
-//! `cargo xtask setup`: makes a fresh machine ready to build, test and run skiff.
+//! `cargo xtask setup`: makes a fresh machine ready to build, test and run skiff. Idempotent:
+//! installs only what is missing and starts dockerd only when no daemon answers.
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 use crate::sh;
 
-/// Debian packages and the command each provides (checked before installing anything).
-const PACKAGES: &[(&str, &str)] = &[("python3-pip", "pip3")];
+/// Debian packages and a file each provides (checked before installing anything).
+const PACKAGES: &[(&str, &str)] = &[
+    ("python3-pip", "/usr/bin/pip3"),
+    ("docker.io", "/usr/sbin/dockerd"),
+    ("busybox-static", "/bin/busybox"),
+    ("iproute2", "/usr/sbin/ip"),
+    ("iptables", "/usr/sbin/iptables"),
+];
 
 fn have(cmd: &str) -> bool {
     Command::new("sh")
@@ -19,20 +28,52 @@ fn have(cmd: &str) -> bool {
 fn python_has(module: &str) -> bool {
     Command::new("python3")
         .args(["-c", &format!("import {module}")])
+        .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+fn docker_answers() -> bool {
+    Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Starts dockerd in the background (there is no service manager) and waits for it.
+fn start_dockerd() -> Result<()> {
+    let log =
+        std::fs::File::create("/var/log/skiff-dockerd.log").context("creating the dockerd log")?;
+    Command::new("setsid")
+        .args(["-f", "dockerd"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .status()
+        .context("starting dockerd")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if docker_answers() {
+            eprintln!("setup: dockerd started");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    bail!("dockerd did not come up within 60 s; see /var/log/skiff-dockerd.log")
 }
 
 pub fn run() -> Result<()> {
     let missing: Vec<&str> = PACKAGES
         .iter()
-        .filter(|(_, cmd)| !have(cmd))
+        .filter(|(_, file)| !Path::new(file).exists())
         .map(|(pkg, _)| *pkg)
         .collect();
     if !missing.is_empty() {
-        sh(Command::new("apt-get").arg("update"))?;
+        sh(Command::new("apt-get").arg("update").arg("-q"))?;
         sh(Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends"])
+            .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
@@ -44,6 +85,9 @@ pub fn run() -> Result<()> {
     // The official Kubernetes Python client is one of the clients the end-to-end tests use.
     if !python_has("kubernetes") {
         sh(Command::new("python3").args(["-m", "pip", "install", "--quiet", "kubernetes"]))?;
+    }
+    if !docker_answers() {
+        start_dockerd()?;
     }
     eprintln!("setup: ready");
     Ok(())

@@ -391,6 +391,8 @@ impl Api {
             return Err(ApiError::invalid(target(res, &name), &errs));
         }
         self.ensure_namespace_accepts(res, ns).await?;
+        // Held until the store write is done, so concurrent writers see the claims.
+        let _claims = self.admission.admit(self, res, None, &mut obj).await?;
         if dry_run {
             return Ok(obj);
         }
@@ -521,13 +523,19 @@ impl Api {
                 .map_err(|e| ApiError::from_store(e, target(res, name)))?
                 .ok_or_else(|| ApiError::not_found(target(res, name)))?;
             let current = with_rv(&kv.value, kv.mod_revision)?;
-            let desired = mutate(current.clone())?;
+            let desired = self
+                .admission
+                .prepare_update(res, &current, mutate(current.clone())?);
             let wanted_rv = meta_str(&desired, "resourceVersion");
             if !wanted_rv.is_empty() && wanted_rv != kv.mod_revision.to_string() {
                 return Err(ApiError::modified(target(res, name)));
             }
             let explicit = !wanted_rv.is_empty();
             let mut new = Self::finish_update(res, &current, desired, sub)?;
+            let _claims = self
+                .admission
+                .admit(self, res, Some(&current), &mut new)
+                .await?;
             let mut unchanged = current.clone();
             if let Some(m) = unchanged.get_mut("metadata").and_then(Value::as_object_mut) {
                 m.remove("resourceVersion");

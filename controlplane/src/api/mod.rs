@@ -5,6 +5,7 @@
 //! store (writes) or the watch cache (lists, watches) -> objects or `Status` errors go back
 //! as JSON, or as a `Table` when kubectl asks for one.
 
+pub mod allocator;
 pub mod cache;
 pub mod discovery;
 pub mod errors;
@@ -12,6 +13,7 @@ mod fuzz;
 pub mod handler;
 pub mod openapi;
 pub mod patch;
+pub mod protobuf;
 pub mod router;
 pub mod selector;
 pub mod smp;
@@ -33,13 +35,25 @@ pub struct Api {
     pub advertise: String,
     /// Token of the in-process clients (controllers, scheduler); never leaves the process.
     pub internal_token: String,
+    /// Writes that need cluster-wide state (Service IPs and node ports).
+    pub admission: allocator::Admission,
 }
 
 impl Api {
     pub async fn new(
         store: Arc<dyn Store>,
+        tokens: HashSet<String>,
+        advertise: String,
+    ) -> Result<Arc<Self>, crate::store::StoreError> {
+        Self::with_settings(store, tokens, advertise, &Default::default()).await
+    }
+
+    /// Like `new`, for a cluster with the given settings (the service range).
+    pub async fn with_settings(
+        store: Arc<dyn Store>,
         mut tokens: HashSet<String>,
         advertise: String,
+        settings: &crate::controllers::runtime::Settings,
     ) -> Result<Arc<Self>, crate::store::StoreError> {
         let cache = Cache::start(Arc::clone(&store)).await?;
         let internal_token = uuid::Uuid::new_v4().simple().to_string();
@@ -50,6 +64,7 @@ impl Api {
             tokens,
             advertise,
             internal_token,
+            admission: allocator::Admission::new(settings),
         }))
     }
 }

@@ -121,7 +121,7 @@ pub fn serve(rest: &[&str], path: &str) -> ApiResult<Response> {
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static(
-                    "application/com.github.proto-openapi.spec.v2@v1.0+protobuf",
+                    "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
                 ),
             );
             Ok(resp)

@@ -372,6 +372,12 @@ fn parse_object_body(content_type: &str, body: &[u8]) -> ApiResult<Value> {
         "application/yaml" => serde_yaml::from_slice(body).map_err(|e| {
             ApiError::bad_request(format!("the request body is not valid YAML: {e}"))
         })?,
+        // kubectl >= 1.32 sends typed create requests as Kubernetes protobuf.
+        "application/vnd.kubernetes.protobuf" => super::protobuf::decode(body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "the request body is not valid Kubernetes protobuf: {e}"
+            ))
+        })?,
         other => return Err(ApiError::unsupported_media_type(other)),
     };
     if !v.is_object() {

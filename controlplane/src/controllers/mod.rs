@@ -6,10 +6,14 @@
 //! revisioned the same way.
 
 pub mod daemonset;
+pub mod deployment;
+pub mod endpointslice;
 pub mod gc;
 pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
+pub mod podutil;
+pub mod replicaset;
 pub mod runtime;
 
 use std::sync::Arc;
@@ -23,6 +27,9 @@ pub fn spawn_builtin(api: Arc<Api>, settings: runtime::Settings) {
         api: Arc::clone(&api),
         settings: Arc::new(settings),
     };
+    tokio::spawn(endpointslice::run(ctx.clone()));
+    tokio::spawn(replicaset::run(ctx.clone()));
+    tokio::spawn(deployment::run(ctx.clone()));
     tokio::spawn(gc::run(Arc::clone(&api)));
     tokio::spawn(namespace::run(api));
     tokio::spawn(crate::scheduler::run(ctx.clone()));

@@ -116,6 +116,9 @@ impl Strategy for DeploymentStrategy {
                 &["Recreate", "RollingUpdate"],
             ));
         }
+        if ty != "Recreate" {
+            validate_rolling_update(obj, &mut errs);
+        }
         if ty == "Recreate"
             && obj
                 .pointer("/spec/strategy/rollingUpdate")
@@ -167,6 +170,58 @@ impl Strategy for DeploymentStrategy {
             i,
             s,
         ]
+    }
+}
+
+/// maxSurge / maxUnavailable: non-negative ints or percentages, unavailable at most 100%,
+/// not both zero (the rollout could never make progress).
+fn validate_rolling_update(obj: &Value, errs: &mut Vec<FieldError>) {
+    const BASE: &str = "spec.strategy.rollingUpdate";
+    let check = |name: &str, errs: &mut Vec<FieldError>| -> Option<(bool, i64)> {
+        let v = obj.pointer(&format!("/spec/strategy/rollingUpdate/{name}"))?;
+        let field = format!("{BASE}.{name}");
+        let (pct, n) = match v {
+            Value::Number(n) => (false, n.as_i64()?),
+            Value::String(s) => match s.strip_suffix('%').and_then(|d| d.parse::<i64>().ok()) {
+                Some(n) if !s.starts_with('-') && !s.starts_with('+') => (true, n),
+                _ => {
+                    errs.push(FieldError::invalid(
+                        field,
+                        s,
+                        "a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%',  or '93%', regex used for validation is '[0-9]+%')",
+                    ));
+                    return None;
+                }
+            },
+            _ => return None,
+        };
+        if n < 0 {
+            errs.push(FieldError::invalid(
+                field,
+                n,
+                "must be greater than or equal to 0",
+            ));
+            return None;
+        }
+        Some((pct, n))
+    };
+    let surge = check("maxSurge", errs);
+    let unavailable = check("maxUnavailable", errs);
+    if let Some((true, n)) = unavailable
+        && n > 100
+    {
+        errs.push(FieldError::invalid(
+            format!("{BASE}.maxUnavailable"),
+            format!("{n}%"),
+            "must not be greater than 100%",
+        ));
+    }
+    if let (Some((_, 0)), Some((_, 0))) = (surge, unavailable) {
+        errs.push(FieldError::invalid(
+            format!("{BASE}.maxUnavailable"),
+            0,
+            "may not be 0 when `maxSurge` is 0",
+        ));
     }
 }
 
@@ -299,5 +354,29 @@ impl Strategy for DaemonSetStrategy {
             i,
             s,
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(surge: Value, unavailable: Value) -> Vec<String> {
+        let obj = json!({"spec": {"strategy": {"type": "RollingUpdate",
+            "rollingUpdate": {"maxSurge": surge, "maxUnavailable": unavailable}}}});
+        let mut errs = Vec::new();
+        validate_rolling_update(&obj, &mut errs);
+        errs.iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect()
+    }
+
+    #[test]
+    fn rolling_update_bounds_must_be_counts_or_percentages_and_not_both_zero() {
+        assert!(errors(json!("25%"), json!(1)).is_empty());
+        assert!(errors(json!(0), json!("0%"))[0].contains("may not be 0 when `maxSurge` is 0"));
+        assert!(errors(json!("x"), json!(1))[0].contains("a valid percent string"));
+        assert!(errors(json!(-1), json!(1))[0].contains("greater than or equal to 0"));
+        assert!(errors(json!(1), json!("150%"))[0].contains("not be greater than 100%"));
     }
 }

@@ -1,0 +1,115 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use skiff_agent::node::{Facts, NodeAgent};
+use skiff_agent::pods::PodManager;
+use skiff_agent::{client, network};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ProxyMode {
+    Iptables,
+    Ebpf,
+}
+
+/// skiff-agent: registers this machine as a node of a skiff cluster and runs its pods.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Controlplane URL, e.g. https://10.0.0.1:6443.
+    #[arg(long, value_name = "URL")]
+    server: String,
+    /// File holding the node join token (the controlplane's DATA_DIR/node-token).
+    #[arg(long, value_name = "FILE")]
+    token_file: PathBuf,
+    /// CA certificate of the controlplane (its DATA_DIR/pki/ca.crt).
+    #[arg(long, value_name = "FILE")]
+    ca_file: PathBuf,
+    /// Name of this node.
+    #[arg(long, value_name = "NAME")]
+    node_name: String,
+    /// Service proxy implementation.
+    #[arg(long, value_enum, default_value = "iptables")]
+    proxy_mode: ProxyMode,
+    /// Interface other nodes reach this one on (default: the IPv4 default route's).
+    #[arg(long, value_name = "IF")]
+    iface: Option<String>,
+    /// State directory (IPAM, overlay MAC).
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/skiff-agent")]
+    data_dir: PathBuf,
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    tracing::debug!(mode = ?args.proxy_mode, dir = %args.data_dir.display(), "starting");
+    let client = match client::build(&args.server, &args.token_file, &args.ca_file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let uplink = match network::uplink(args.iface.as_deref()).await {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let host_ip = uplink.address.to_string();
+    let pods = match PodManager::new(client.clone(), &args.node_name, &host_ip).await {
+        Ok(p) => std::sync::Arc::new(p),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let agent = NodeAgent::new(client, Facts::gather(&args.node_name, uplink));
+    // The controlplane may still be starting: retry registration for a while.
+    let mut attempt = 0;
+    while let Err(e) = agent.register().await {
+        attempt += 1;
+        if attempt >= 30 {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+        tracing::warn!("registration failed (attempt {attempt}): {e}");
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    println!("skiff-agent ready: node {}", args.node_name);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let pod_loop = tokio::spawn(pods.run(async move {
+        let mut rx = stop_rx;
+        let _ = rx.wait_for(|s| *s).await;
+    }));
+    agent.heartbeat(shutdown_signal()).await;
+    // Pods keep running across agent restarts: stop syncing, leave containers alone.
+    let _ = stop_tx.send(true);
+    let _ = pod_loop.await;
+    if let Err(e) = agent
+        .post_status(false, "skiff-agent is shutting down")
+        .await
+    {
+        tracing::warn!("could not report shutdown: {e}");
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,310 @@
+//! Containers of pods on Docker (bollard). Every container carries labels naming its node, pod
+//! and role, so a restarted agent finds and adopts what it made, and cleanup never touches
+//! containers it did not create.
+
+use std::collections::HashMap;
+
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, ContainerInspectResponse, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, ListContainersOptions, RemoveContainerOptions,
+    StopContainerOptions,
+};
+use futures::TryStreamExt;
+
+pub const LABEL_NODE: &str = "skiff.io/node";
+pub const LABEL_POD_UID: &str = "skiff.io/pod-uid";
+pub const LABEL_POD_NAMESPACE: &str = "skiff.io/pod-namespace";
+pub const LABEL_POD_NAME: &str = "skiff.io/pod-name";
+pub const LABEL_CONTAINER: &str = "skiff.io/container";
+pub const LABEL_RESTARTS: &str = "skiff.io/restart-count";
+/// The `skiff.io/container` value of a pod's sandbox.
+pub const SANDBOX: &str = "POD_SANDBOX";
+pub const PAUSE_IMAGE: &str = "skiff.local/pause:latest";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error(
+        "cannot reach the Docker daemon: {0}; is dockerd running (cargo xtask setup starts it)?"
+    )]
+    Connect(bollard::errors::Error),
+    #[error("docker {op} failed: {source}")]
+    Op {
+        op: String,
+        source: bollard::errors::Error,
+    },
+    #[error("image {0} is not present and the pod's imagePullPolicy is Never")]
+    ImageMissing(String),
+}
+
+fn op(op: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> DockerError {
+    let op = op.into();
+    move |source| DockerError::Op { op, source }
+}
+
+/// A container of ours, as listed.
+#[derive(Clone, Debug)]
+pub struct Managed {
+    pub id: String,
+    pub labels: HashMap<String, String>,
+    pub created: i64,
+}
+
+impl Managed {
+    pub fn label(&self, k: &str) -> &str {
+        self.labels.get(k).map(String::as_str).unwrap_or("")
+    }
+}
+
+#[derive(Clone)]
+pub struct Runtime {
+    docker: Docker,
+    node: String,
+}
+
+/// What to run for one container of a pod.
+pub struct Spec {
+    pub name: String,
+    pub image: String,
+    pub pull_policy: String,
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    pub env: Vec<String>,
+    pub working_dir: Option<String>,
+    pub nano_cpus: Option<i64>,
+    pub memory: Option<i64>,
+    pub restarts: u32,
+}
+
+impl Runtime {
+    pub async fn connect(node: &str) -> Result<Self, DockerError> {
+        let docker = Docker::connect_with_local_defaults().map_err(DockerError::Connect)?;
+        // Speak the daemon's API version (Debian's docker.io is older than bollard's default).
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(DockerError::Connect)?;
+        Ok(Self {
+            docker,
+            node: node.to_owned(),
+        })
+    }
+
+    /// Every container this node's agent created.
+    pub async fn list(&self) -> Result<Vec<Managed>, DockerError> {
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            vec![format!("{LABEL_NODE}={}", self.node)],
+        )]);
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .map_err(op("list containers"))?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                Some(Managed {
+                    id: c.id?,
+                    labels: c.labels.unwrap_or_default(),
+                    created: c.created.unwrap_or(0),
+                })
+            })
+            .collect())
+    }
+
+    pub async fn inspect(&self, id: &str) -> Result<ContainerInspectResponse, DockerError> {
+        self.docker
+            .inspect_container(id, None)
+            .await
+            .map_err(op(format!("inspect {id}")))
+    }
+
+    /// Makes `image` available according to the pull policy. Local images (no registry is
+    /// reachable here) are used when a pull fails but the image is present.
+    pub async fn ensure_image(&self, image: &str, policy: &str) -> Result<(), DockerError> {
+        let present = self.docker.inspect_image(image).await.is_ok();
+        match policy {
+            "Never" if !present => Err(DockerError::ImageMissing(image.to_owned())),
+            "Never" => Ok(()),
+            "IfNotPresent" if present => Ok(()),
+            _ => {
+                let opts = CreateImageOptions {
+                    from_image: Some(image.to_owned()),
+                    ..Default::default()
+                };
+                let pulled = self
+                    .docker
+                    .create_image(Some(opts), None, None)
+                    .try_collect::<Vec<_>>()
+                    .await;
+                match pulled {
+                    Ok(_) => Ok(()),
+                    Err(e) if present => {
+                        tracing::debug!(image, "pull failed ({e}); using the local image");
+                        Ok(())
+                    }
+                    Err(e) => Err(op(format!("pull {image}"))(e)),
+                }
+            }
+        }
+    }
+
+    fn labels(&self, pod: &PodRef, container: &str, restarts: u32) -> HashMap<String, String> {
+        HashMap::from([
+            (LABEL_NODE.to_owned(), self.node.clone()),
+            (LABEL_POD_UID.to_owned(), pod.uid.clone()),
+            (LABEL_POD_NAMESPACE.to_owned(), pod.namespace.clone()),
+            (LABEL_POD_NAME.to_owned(), pod.name.clone()),
+            (LABEL_CONTAINER.to_owned(), container.to_owned()),
+            (LABEL_RESTARTS.to_owned(), restarts.to_string()),
+        ])
+    }
+
+    /// Creates and starts the sandbox: a pause container with no network of Docker's, whose
+    /// network namespace the pod network is wired into and every app container joins.
+    pub async fn start_sandbox(&self, pod: &PodRef) -> Result<String, DockerError> {
+        self.ensure_image(PAUSE_IMAGE, "IfNotPresent").await?;
+        let body = ContainerCreateBody {
+            image: Some(PAUSE_IMAGE.to_owned()),
+            hostname: Some(pod.name.chars().take(63).collect()),
+            labels: Some(self.labels(pod, SANDBOX, 0)),
+            // App containers join its network and IPC namespaces.
+            host_config: Some(HostConfig {
+                network_mode: Some("none".into()),
+                ipc_mode: Some("shareable".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.create_and_start(
+            &format!(
+                "skiff_{}_{}_{}_sandbox",
+                pod.namespace,
+                pod.name,
+                short(&pod.uid)
+            ),
+            body,
+        )
+        .await
+    }
+
+    /// Creates and starts an app container inside the sandbox's namespaces.
+    pub async fn start_container(
+        &self,
+        pod: &PodRef,
+        sandbox: &str,
+        spec: &Spec,
+    ) -> Result<String, DockerError> {
+        self.ensure_image(&spec.image, &spec.pull_policy).await?;
+        let ns = format!("container:{sandbox}");
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            entrypoint: spec.entrypoint.clone(),
+            cmd: spec.cmd.clone(),
+            env: Some(spec.env.clone()),
+            working_dir: spec.working_dir.clone(),
+            labels: Some(self.labels(pod, &spec.name, spec.restarts)),
+            host_config: Some(HostConfig {
+                network_mode: Some(ns.clone()),
+                ipc_mode: Some(ns),
+                nano_cpus: spec.nano_cpus,
+                memory: spec.memory,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let name = format!(
+            "skiff_{}_{}_{}_{}_{}",
+            pod.namespace,
+            pod.name,
+            short(&pod.uid),
+            spec.name,
+            spec.restarts
+        );
+        self.create_and_start(&name, body).await
+    }
+
+    async fn create_and_start(
+        &self,
+        name: &str,
+        body: ContainerCreateBody,
+    ) -> Result<String, DockerError> {
+        let opts = CreateContainerOptions {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(Some(opts), body)
+            .await
+            .map_err(op(format!("create {name}")))?;
+        if let Err(e) = self.docker.start_container(&created.id, None).await {
+            // A container that never ran is not an attempt to restart later: drop it.
+            let _ = self.remove(&created.id).await;
+            return Err(op(format!("start {name}"))(e));
+        }
+        Ok(created.id)
+    }
+
+    /// Stops (SIGTERM, then SIGKILL after `grace` seconds) and removes a container.
+    pub async fn stop_and_remove(&self, id: &str, grace: i64) -> Result<(), DockerError> {
+        let t = i32::try_from(grace.clamp(0, 3600)).unwrap_or(30);
+        // Already stopped or gone is fine: removal below is what matters.
+        let _ = self
+            .docker
+            .stop_container(
+                id,
+                Some(StopContainerOptions {
+                    t: Some(t),
+                    ..Default::default()
+                }),
+            )
+            .await;
+        self.remove(id).await
+    }
+
+    pub async fn remove(&self, id: &str) -> Result<(), DockerError> {
+        match self
+            .docker
+            .remove_container(
+                id,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    ..Default::default()
+                }),
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(op(format!("remove {id}"))(e)),
+        }
+    }
+
+    pub async fn start_existing(&self, id: &str) -> Result<(), DockerError> {
+        self.docker
+            .start_container(id, None)
+            .await
+            .map_err(op(format!("start {id}")))
+    }
+}
+
+/// The identity of a pod, as carried in labels.
+#[derive(Clone, Debug)]
+pub struct PodRef {
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+fn short(uid: &str) -> &str {
+    uid.get(..8).unwrap_or(uid)
+}

@@ -1,0 +1,476 @@
+//! Pods of this node on Docker: a sandbox per pod plus its app containers, kept in line with
+//! the API by a level-triggered sync (every second and on every change of the node's pods):
+//! create what is missing, restart what exited (restartPolicy, Kubernetes back-off), tear down
+//! pods being deleted and then release them, remove containers of pods that no longer exist,
+//! and report status.
+
+pub mod docker;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Container, Pod};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use serde_json::{Value, json};
+
+use docker::{
+    DockerError, LABEL_CONTAINER, LABEL_POD_UID, LABEL_RESTARTS, Managed, PodRef, Runtime, SANDBOX,
+    Spec,
+};
+
+const SYNC_EVERY: Duration = Duration::from_secs(1);
+/// Kubernetes' container restart back-off: 10 s doubling up to 5 min.
+const BACKOFF_START: i64 = 10;
+const BACKOFF_MAX: i64 = 300;
+
+pub struct PodManager {
+    client: kube::Client,
+    runtime: Runtime,
+    node: String,
+    host_ip: String,
+}
+
+fn pod_ref(p: &Pod) -> PodRef {
+    PodRef {
+        uid: p.metadata.uid.clone().unwrap_or_default(),
+        namespace: p.metadata.namespace.clone().unwrap_or_default(),
+        name: p.metadata.name.clone().unwrap_or_default(),
+    }
+}
+
+/// Docker's timestamps carry nanoseconds; Kubernetes' have seconds.
+fn k8s_time(docker_ts: Option<&str>) -> Option<String> {
+    let t: jiff::Timestamp = docker_ts?.parse().ok()?;
+    (t.as_second() > 0).then(|| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+}
+
+/// Parses a CPU quantity into Docker nano-CPUs ("500m" -> 5e8, "2" -> 2e9).
+fn nano_cpus(q: &str) -> Option<i64> {
+    if let Some(m) = q.strip_suffix('m') {
+        return m.parse::<i64>().ok().map(|m| m * 1_000_000);
+    }
+    q.parse::<f64>().ok().map(|c| (c * 1e9) as i64)
+}
+
+/// Parses a memory quantity into bytes ("64Mi", "1G", "1000").
+fn bytes(q: &str) -> Option<i64> {
+    const UNITS: &[(&str, i64)] = &[
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("k", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+    ];
+    for (suffix, mult) in UNITS {
+        if let Some(n) = q.strip_suffix(suffix) {
+            return n.parse::<f64>().ok().map(|n| (n * *mult as f64) as i64);
+        }
+    }
+    q.parse::<f64>().ok().map(|n| n as i64)
+}
+
+impl PodManager {
+    pub async fn new(client: kube::Client, node: &str, host_ip: &str) -> Result<Self, DockerError> {
+        Ok(Self {
+            client,
+            runtime: Runtime::connect(node).await?,
+            node: node.to_owned(),
+            host_ip: host_ip.to_owned(),
+        })
+    }
+
+    /// Runs until `stop` resolves.
+    pub async fn run(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        let (reader, writer) = reflector::store();
+        let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", self.node));
+        let changes = reflector(writer, watcher(pods, cfg))
+            .default_backoff()
+            .touched_objects();
+        // The watch is driven on its own task; the sync loop only hears that something changed.
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let notify = Arc::clone(&changed);
+        let driver = tokio::spawn(async move {
+            let mut changes = std::pin::pin!(changes);
+            while let Some(ev) = changes.next().await {
+                if let Err(e) = ev {
+                    tracing::warn!("watching pods: {e}");
+                }
+                notify.notify_one();
+            }
+        });
+        tokio::pin!(stop);
+        let mut tick = tokio::time::interval(SYNC_EVERY);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = tick.tick() => {}
+                _ = changed.notified() => {}
+            }
+            if reader.wait_until_ready().await.is_err() {
+                break;
+            }
+            if let Err(e) = self.sync(reader.state()).await {
+                tracing::warn!("pod sync failed: {e}");
+            }
+        }
+        driver.abort();
+    }
+
+    async fn sync(&self, pods: Vec<Arc<Pod>>) -> Result<(), DockerError> {
+        let mut by_pod: HashMap<String, Vec<Managed>> = HashMap::new();
+        for c in self.runtime.list().await? {
+            by_pod
+                .entry(c.label(LABEL_POD_UID).to_owned())
+                .or_default()
+                .push(c);
+        }
+        for pod in &pods {
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            let mine = by_pod.remove(&uid).unwrap_or_default();
+            let result = if pod.metadata.deletion_timestamp.is_some() {
+                self.teardown(pod, &mine).await
+            } else {
+                self.ensure(pod, mine).await
+            };
+            if let Err(e) = result {
+                tracing::warn!(pod = ?pod.metadata.name, "{e}");
+            }
+        }
+        // Containers of pods that are gone from the API.
+        for (_, orphans) in by_pod {
+            for c in orphans {
+                self.runtime.stop_and_remove(&c.id, 2).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn teardown(&self, pod: &Pod, mine: &[Managed]) -> Result<(), DockerError> {
+        let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or(30);
+        let (sandboxes, apps): (Vec<&Managed>, Vec<&Managed>) = mine
+            .iter()
+            .partition(|c| c.label(LABEL_CONTAINER) == SANDBOX);
+        let stops = apps
+            .iter()
+            .map(|c| self.runtime.stop_and_remove(&c.id, grace));
+        for r in futures::future::join_all(stops).await {
+            r?;
+        }
+        for s in sandboxes {
+            self.runtime.stop_and_remove(&s.id, 0).await?;
+        }
+        // Everything is stopped: let the API server remove the pod now.
+        let pods: Api<Pod> = Api::namespaced(
+            self.client.clone(),
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+        );
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: pod.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        if let Err(e) = pods
+            .delete(pod.metadata.name.as_deref().unwrap_or(""), &dp)
+            .await
+        {
+            tracing::debug!("releasing deleted pod: {e}");
+        }
+        Ok(())
+    }
+
+    fn spec(&self, pod: &Pod, c: &Container, restarts: u32) -> Spec {
+        let field = |path: &str| match path {
+            "metadata.name" => pod.metadata.name.clone().unwrap_or_default(),
+            "metadata.namespace" => pod.metadata.namespace.clone().unwrap_or_default(),
+            "metadata.uid" => pod.metadata.uid.clone().unwrap_or_default(),
+            "spec.nodeName" => self.node.clone(),
+            "status.hostIP" => self.host_ip.clone(),
+            "status.podIP" => pod
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ip.clone())
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        let mut env: Vec<String> = vec![format!(
+            "POD_NAME={}",
+            pod.metadata.name.clone().unwrap_or_default()
+        )];
+        for e in c.env.iter().flatten() {
+            let value = match (
+                &e.value,
+                e.value_from.as_ref().and_then(|v| v.field_ref.as_ref()),
+            ) {
+                (Some(v), _) => v.clone(),
+                (None, Some(f)) => field(&f.field_path),
+                _ => String::new(),
+            };
+            env.push(format!("{}={value}", e.name));
+        }
+        let limits = c
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.clone())
+            .unwrap_or_default();
+        Spec {
+            name: c.name.clone(),
+            image: c.image.clone().unwrap_or_default(),
+            pull_policy: c
+                .image_pull_policy
+                .clone()
+                .unwrap_or_else(|| "IfNotPresent".into()),
+            entrypoint: c.command.clone(),
+            cmd: c.args.clone(),
+            env,
+            working_dir: c.working_dir.clone(),
+            nano_cpus: limits.get("cpu").and_then(|q| nano_cpus(&q.0)),
+            memory: limits.get("memory").and_then(|q| bytes(&q.0)),
+            restarts,
+        }
+    }
+
+    async fn ensure(&self, pod: &Pod, mine: Vec<Managed>) -> Result<(), DockerError> {
+        let pr = pod_ref(pod);
+        let Some(spec) = pod.spec.as_ref() else {
+            return Ok(());
+        };
+        let policy = spec.restart_policy.as_deref().unwrap_or("Always");
+        // Newest container per name (older attempts are removed when a new one starts).
+        let mut newest: HashMap<String, Managed> = HashMap::new();
+        for c in mine {
+            let name = c.label(LABEL_CONTAINER).to_owned();
+            match newest.get(&name) {
+                Some(n) if n.created >= c.created => {
+                    self.runtime.remove(&c.id).await?;
+                }
+                Some(old) => {
+                    self.runtime.remove(&old.id).await?;
+                    newest.insert(name, c);
+                }
+                None => {
+                    newest.insert(name, c);
+                }
+            }
+        }
+        let sandbox = match newest.get(SANDBOX) {
+            Some(s) => {
+                let st = self.runtime.inspect(&s.id).await?;
+                if !st.state.and_then(|s| s.running).unwrap_or(false) {
+                    self.runtime.start_existing(&s.id).await?;
+                }
+                s.id.clone()
+            }
+            None => self.runtime.start_sandbox(&pr).await?,
+        };
+        let mut statuses = Vec::new();
+        for c in &spec.containers {
+            let status = match newest.get(&c.name) {
+                None => match self
+                    .runtime
+                    .start_container(&pr, &sandbox, &self.spec(pod, c, 0))
+                    .await
+                {
+                    Ok(_) => {
+                        json!({"name": c.name, "image": c.image, "imageID": "", "ready": false, "restartCount": 0, "started": false,
+                                    "state": {"waiting": {"reason": "ContainerCreating"}}})
+                    }
+                    Err(e) => {
+                        json!({"name": c.name, "image": c.image, "imageID": "", "ready": false, "restartCount": 0, "started": false,
+                                     "state": {"waiting": {"reason": if matches!(e, DockerError::ImageMissing(_)) { "ErrImageNeverPull" } else { "CreateContainerError" }, "message": e.to_string()}}})
+                    }
+                },
+                Some(m) => self.observe(pod, c, m, &sandbox, policy, &pr).await?,
+            };
+            statuses.push(status);
+        }
+        self.report(pod, statuses, policy).await;
+        Ok(())
+    }
+
+    /// Status of one container, restarting it when its policy and back-off say so.
+    async fn observe(
+        &self,
+        pod: &Pod,
+        c: &Container,
+        m: &Managed,
+        sandbox: &str,
+        policy: &str,
+        pr: &PodRef,
+    ) -> Result<Value, DockerError> {
+        let restarts: u32 = m.label(LABEL_RESTARTS).parse().unwrap_or(0);
+        let info = self.runtime.inspect(&m.id).await?;
+        let state = info.state.unwrap_or_default();
+        let image_id = info.image.unwrap_or_default();
+        let base = |state: Value, ready: bool, started: bool| {
+            json!({"name": c.name, "image": c.image, "imageID": image_id, "containerID": format!("docker://{}", m.id),
+                   "ready": ready, "started": started, "restartCount": restarts, "state": state})
+        };
+        if state.running.unwrap_or(false) {
+            let started_at = k8s_time(state.started_at.as_deref());
+            return Ok(base(
+                json!({"running": {"startedAt": started_at}}),
+                true,
+                true,
+            ));
+        }
+        let exit = state.exit_code.unwrap_or(0);
+        let finished = k8s_time(state.finished_at.as_deref());
+        let terminated = json!({"terminated": {"exitCode": exit, "reason": if exit == 0 { "Completed" } else { "Error" },
+            "startedAt": k8s_time(state.started_at.as_deref()), "finishedAt": finished}});
+        let restart = match policy {
+            "Always" => true,
+            "OnFailure" => exit != 0,
+            _ => false,
+        };
+        if !restart {
+            return Ok(base(terminated, false, false));
+        }
+        let backoff = (BACKOFF_START << restarts.min(5)).min(BACKOFF_MAX);
+        let since = state
+            .finished_at
+            .as_deref()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .map_or(i64::MAX, |t| {
+                jiff::Timestamp::now().as_second() - t.as_second()
+            });
+        if since < backoff && restarts > 0 {
+            let mut s = base(
+                json!({"waiting": {"reason": "CrashLoopBackOff",
+                "message": format!("back-off {backoff}s restarting failed container={} pod={}", c.name, pr.name)}}),
+                false,
+                false,
+            );
+            s["lastState"] = terminated;
+            return Ok(s);
+        }
+        self.runtime
+            .start_container(pr, sandbox, &self.spec(pod, c, restarts + 1))
+            .await?;
+        self.runtime.remove(&m.id).await?;
+        let mut s = base(
+            json!({"waiting": {"reason": "ContainerCreating"}}),
+            false,
+            false,
+        );
+        s["restartCount"] = json!(restarts + 1);
+        s["lastState"] = terminated;
+        Ok(s)
+    }
+
+    async fn report(&self, pod: &Pod, statuses: Vec<Value>, policy: &str) {
+        let all_running = statuses
+            .iter()
+            .all(|s| s.pointer("/state/running").is_some());
+        let all_done = statuses
+            .iter()
+            .all(|s| s.pointer("/state/terminated").is_some());
+        let any_failed = statuses.iter().any(|s| {
+            s.pointer("/state/terminated/exitCode")
+                .and_then(Value::as_i64)
+                .is_some_and(|c| c != 0)
+        });
+        let phase = if all_running {
+            "Running"
+        } else if all_done && policy != "Always" {
+            if any_failed { "Failed" } else { "Succeeded" }
+        } else if statuses.iter().any(|s| {
+            s.pointer("/state/running").is_some()
+                || s.get("restartCount").and_then(Value::as_i64).unwrap_or(0) > 0
+        }) {
+            "Running"
+        } else {
+            "Pending"
+        };
+        let ready = all_running;
+        let old = pod.status.as_ref();
+        let t = jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
+        let old_cond = |ty: &str| {
+            old.and_then(|s| s.conditions.as_ref())
+                .and_then(|cs| cs.iter().find(|c| c.type_ == ty))
+                .map(|c| {
+                    (
+                        c.status.clone(),
+                        c.last_transition_time
+                            .as_ref()
+                            .map(|t| t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
+                    )
+                })
+        };
+        let cond = |ty: &str, ok: bool| {
+            let status = if ok { "True" } else { "False" };
+            let since = match old_cond(ty) {
+                Some((s, Some(when))) if s == status => when,
+                _ => t.clone(),
+            };
+            json!({"type": ty, "status": status, "lastProbeTime": null, "lastTransitionTime": since})
+        };
+        let status = json!({
+            "phase": phase,
+            "hostIP": self.host_ip,
+            "hostIPs": [{"ip": self.host_ip}],
+            "startTime": old.and_then(|s| s.start_time.as_ref()).map(|t| t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_else(|| t.clone()),
+            "conditions": [cond("Initialized", true), cond("Ready", ready), cond("ContainersReady", ready), cond("PodScheduled", true)],
+            "containerStatuses": statuses,
+        });
+        // Only write when something a reader would see changed.
+        let current = serde_json::to_value(old).unwrap_or(Value::Null);
+        let changed = ["phase", "hostIP", "containerStatuses"]
+            .iter()
+            .any(|k| current.get(*k) != status.get(*k))
+            || current.get("conditions").map(|c| c.to_string())
+                != status.get("conditions").map(|c| c.to_string());
+        if !changed {
+            return;
+        }
+        let pods: Api<Pod> = Api::namespaced(
+            self.client.clone(),
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+        );
+        let name = pod.metadata.name.as_deref().unwrap_or("");
+        if let Err(e) = pods
+            .patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"status": status})),
+            )
+            .await
+        {
+            tracing::debug!(pod = name, "status update: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_become_docker_limits() {
+        assert_eq!(nano_cpus("500m"), Some(500_000_000));
+        assert_eq!(nano_cpus("2"), Some(2_000_000_000));
+        assert_eq!(bytes("64Mi"), Some(64 << 20));
+        assert_eq!(bytes("1G"), Some(1_000_000_000));
+        assert_eq!(bytes("1000"), Some(1000));
+    }
+
+    #[test]
+    fn docker_timestamps_are_truncated_to_seconds_and_zero_is_none() {
+        assert_eq!(
+            k8s_time(Some("2026-11-23T15:50:01.123456789Z")).as_deref(),
+            Some("2026-11-23T15:50:01Z")
+        );
+        assert_eq!(k8s_time(Some("0001-01-01T00:00:00Z")), None);
+    }
+}

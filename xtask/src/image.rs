@@ -1,0 +1,79 @@
+//! `cargo xtask image`: the local container images, built from the project's own static
+//! binaries plus busybox (no registry is needed or reachable).
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+use crate::{cargo, root, sh};
+
+const TARGET: &str = "x86_64-unknown-linux-gnu";
+const BUSYBOX_TOOLS: &[&str] = &[
+    "sh", "wget", "nslookup", "cat", "ls", "sleep", "ip", "ping", "nc", "hostname", "echo", "env",
+    "ps", "kill", "grep", "getent",
+];
+
+/// Writes a rootfs with `/bin/busybox` (+ applet links) and the given binaries, and imports it.
+fn import(tag: &str, cmd: &str, binaries: &[(&Path, &str)]) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let rootfs = dir.path().join("rootfs");
+    for d in ["bin", "etc", "tmp", "proc", "sys", "dev"] {
+        std::fs::create_dir_all(rootfs.join(d))?;
+    }
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
+        .context("copying /bin/busybox (install busybox-static: cargo xtask setup)")?;
+    for tool in BUSYBOX_TOOLS {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(tool))?;
+    }
+    std::fs::write(
+        rootfs.join("etc/passwd"),
+        "root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n",
+    )?;
+    std::fs::write(rootfs.join("etc/group"), "root:x:0:\nnobody:x:65534:\n")?;
+    for (src, name) in binaries {
+        std::fs::copy(src, rootfs.join(name))
+            .with_context(|| format!("copying {}", src.display()))?;
+    }
+    let tar = dir.path().join("rootfs.tar");
+    sh(Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&tar)
+        .arg("."))?;
+    sh(Command::new("docker")
+        .args([
+            "import",
+            "--change",
+            &format!("CMD [\"{cmd}\"]"),
+            "--change",
+            "ENV PATH=/bin",
+        ])
+        .arg(&tar)
+        .arg(tag))
+}
+
+pub fn run() -> Result<()> {
+    // Static glibc binaries: the images carry no libc.
+    sh(cargo()
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "skiff-images",
+            "--target",
+            TARGET,
+        ])
+        .env("RUSTFLAGS", "-C target-feature=+crt-static"))?;
+    let out = root().join("target").join(TARGET).join("release");
+    let (pause, netexec) = (out.join("pause"), out.join("netexec"));
+    import("skiff.local/pause:latest", "/pause", &[(&pause, "pause")])?;
+    import(
+        "skiff.local/netexec:latest",
+        "/netexec",
+        &[(&netexec, "netexec"), (&pause, "pause")],
+    )?;
+    eprintln!("image: built skiff.local/pause:latest and skiff.local/netexec:latest");
+    Ok(())
+}
