@@ -5,5 +5,6 @@ pub mod api;
 pub mod controllers;
 pub mod pki;
 pub mod resources;
+pub mod scheduler;
 pub mod server;
 pub mod store;

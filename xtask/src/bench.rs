@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::{cargo, root, sh};
 
-#[derive(clap::Subcommand, Clone, Copy)]
+#[derive(clap::Subcommand, Clone)]
 pub enum Which {
     /// API server: create throughput, list latency, watch fan-out, memory.
     Api {
@@ -27,11 +27,21 @@ pub enum Which {
         #[arg(long, default_value_t = 100)]
         watchers: usize,
     },
+    /// Scheduler: pods/s bound with 1,000 and 5,000 fake nodes.
+    Scheduler {
+        /// Number of pods to schedule per node count.
+        #[arg(long, default_value_t = 10_000)]
+        pods: usize,
+        /// Node counts to measure, comma separated.
+        #[arg(long, default_value = "1000,5000", value_delimiter = ',')]
+        nodes: Vec<usize>,
+    },
 }
 
 pub fn run(which: Which) -> Result<()> {
     match which {
         Which::Api { pods, watchers } => api(pods, watchers),
+        Which::Scheduler { pods, nodes } => scheduler(pods, &nodes),
     }
 }
 
@@ -42,7 +52,7 @@ pub fn out_dir() -> Result<PathBuf> {
 }
 
 /// A controlplane process started for a benchmark; killed (by its pid) on drop.
-struct Controlplane {
+pub struct Controlplane {
     child: Child,
     kubeconfig: PathBuf,
     _dir: tempfile::TempDir,
@@ -57,11 +67,17 @@ impl Drop for Controlplane {
 
 impl Controlplane {
     fn start(bin: &Path) -> Result<Self> {
+        Self::start_with(bin, &[])
+    }
+
+    /// Starts with extra controlplane flags.
+    pub fn start_with(bin: &Path, flags: &[&str]) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut child = Command::new(bin)
             .args(["--data-dir"])
             .arg(dir.path())
             .args(["--listen", "127.0.0.1:0"])
+            .args(flags)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -79,7 +95,7 @@ impl Controlplane {
         })
     }
 
-    fn rss_kib(&self) -> Result<(u64, u64)> {
+    pub fn rss_kib(&self) -> Result<(u64, u64)> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
         let field = |name: &str| {
             status
@@ -92,7 +108,7 @@ impl Controlplane {
         Ok((field("VmRSS:"), field("VmHWM:")))
     }
 
-    async fn client(&self) -> Result<kube::Client> {
+    pub async fn client(&self) -> Result<kube::Client> {
         let kc = Kubeconfig::read_from(&self.kubeconfig)?;
         let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
         Ok(kube::Client::try_from(cfg)?)
@@ -319,4 +335,195 @@ pub fn svg_bars(title: &str, bars: &[(&str, f64, f64)]) -> String {
     }
     s.push_str("</svg>\n");
     s
+}
+
+/// A Ready fake node with room for the benchmark's pods.
+fn fake_node(name: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name,
+            "topology.kubernetes.io/zone": format!("zone-{}", name.len() % 3)}},
+        "status": {
+            "capacity": {"cpu": "32", "memory": "128Gi", "pods": "110"},
+            "allocatable": {"cpu": "32", "memory": "128Gi", "pods": "110"},
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
+        },
+    })
+}
+
+fn scheduler(pods: usize, node_counts: &[usize]) -> Result<()> {
+    sh(cargo().args(["build", "--release", "-p", "skiff-controlplane"]))?;
+    let bin = root().join("target/release/skiff-controlplane");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let mut runs = Vec::new();
+    for &nodes in node_counts {
+        // A fresh controlplane per node count; a /10 cluster CIDR has a /24 for every node.
+        let cp = Controlplane::start_with(&bin, &["--cluster-cidr", "100.64.0.0/10"])?;
+        eprintln!("scheduler bench: {nodes} nodes, {pods} pods");
+        runs.push(rt.block_on(scheduler_inner(&cp, nodes, pods))?);
+    }
+    let result = json!({"pods": pods, "runs": runs});
+    let dir = out_dir()?;
+    std::fs::write(
+        dir.join("scheduler.json"),
+        serde_json::to_string_pretty(&result)?,
+    )?;
+    let labels: Vec<String> = runs
+        .iter()
+        .map(|r| format!("{} nodes (pods/s)", r["nodes"]))
+        .collect();
+    let bars: Vec<(&str, f64, f64)> = runs
+        .iter()
+        .zip(&labels)
+        .map(|(r, l)| (l.as_str(), r["bound_per_s"].as_f64().unwrap_or(0.0), 2000.0))
+        .collect();
+    std::fs::write(
+        dir.join("scheduler.svg"),
+        svg_bars(&format!("skiff scheduler: {pods} pods bound"), &bars),
+    )?;
+    println!(
+        "| nodes | pods | bound in | pods/s bound | pods created/s | backlog drained after the last create | target |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for r in &runs {
+        println!(
+            "| {} | {} | {:.2} s | {:.0} | {:.0} | {} pods in {:.2} s ({:.0}/s) | >= 2000 |",
+            r["nodes"],
+            r["pods"],
+            r["seconds"].as_f64().unwrap_or(0.0),
+            r["bound_per_s"].as_f64().unwrap_or(0.0),
+            r["create_per_s"].as_f64().unwrap_or(0.0),
+            r["backlog_at_last_create"],
+            r["lag_after_last_create_seconds"].as_f64().unwrap_or(0.0),
+            r["drain_per_s"].as_f64().unwrap_or(0.0),
+        );
+    }
+    println!("results: {}", dir.join("scheduler.json").display());
+    Ok(())
+}
+
+async fn scheduler_inner(cp: &Controlplane, nodes: usize, pods: usize) -> Result<Value> {
+    let client = cp.client().await?;
+    let node_api: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    futures::stream::iter(0..nodes)
+        .map(|i| {
+            let api = node_api.clone();
+            async move {
+                let node = serde_json::from_value(fake_node(&format!("node-{i:05}")))?;
+                api.create(&PostParams::default(), &node).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(64)
+        .try_for_each(|_| async { Ok(()) })
+        .await?;
+    // Let node IPAM finish so that only scheduling is measured.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let list = node_api.list(&Default::default()).await?;
+        let with_cidr = list
+            .items
+            .iter()
+            .filter(|n| n.spec.as_ref().and_then(|s| s.pod_cidr.as_ref()).is_some())
+            .count();
+        if with_cidr == nodes {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("only {with_cidr} of {nodes} nodes got a pod CIDR within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ns_api: Api<Namespace> = Api::all(client.clone());
+    ns_api
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "bench"}}))?,
+        )
+        .await?;
+    let pod_api: Api<Pod> = Api::namespaced(client.clone(), "bench");
+    let rv = pod_api
+        .list_metadata(&kube::api::ListParams::default().limit(1))
+        .await?
+        .metadata
+        .resource_version
+        .unwrap_or_default();
+
+    // Count bindings from a watch: a pod is bound when it first shows a nodeName.
+    let bound = Arc::new(AtomicU64::new(0));
+    let watch = {
+        let client = client.clone();
+        let bound = Arc::clone(&bound);
+        tokio::spawn(async move {
+            let req = http::Request::get(format!(
+                "/api/v1/namespaces/bench/pods?watch=1&resourceVersion={rv}&timeoutSeconds=600"
+            ))
+            .body(Vec::new())?;
+            let mut seen = std::collections::HashSet::new();
+            let mut lines = std::pin::pin!(client.request_events::<Value>(req).await?);
+            while let Some(ev) = lines.next().await {
+                let obj = match ev? {
+                    kube::api::WatchEvent::Added(o) | kube::api::WatchEvent::Modified(o) => o,
+                    _ => continue,
+                };
+                let node = obj.pointer("/spec/nodeName").and_then(Value::as_str);
+                if node.is_some_and(|n| !n.is_empty()) {
+                    let name = obj
+                        .pointer("/metadata/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_owned();
+                    if seen.insert(name) {
+                        bound.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            anyhow::Ok(())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = Instant::now();
+    futures::stream::iter(0..pods)
+        .map(|i| {
+            let api = pod_api.clone();
+            async move {
+                api.create(&PostParams::default(), &pod(&format!("p-{i:06}")))
+                    .await
+            }
+        })
+        .buffer_unordered(64)
+        .try_for_each(|_| async { Ok(()) })
+        .await?;
+    let create_s = started.elapsed().as_secs_f64();
+    let bound_at_create_end = bound.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while bound.load(Ordering::Relaxed) < pods as u64 {
+        if Instant::now() > deadline || watch.is_finished() {
+            bail!(
+                "only {} of {pods} pods were bound within 300 s",
+                bound.load(Ordering::Relaxed)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    watch.abort();
+    let (rss, _) = cp.rss_kib()?;
+    Ok(json!({
+        "nodes": nodes,
+        "pods": pods,
+        "seconds": secs,
+        "bound_per_s": pods as f64 / secs,
+        "create_seconds": create_s,
+        "create_per_s": pods as f64 / create_s,
+        // How far binding trailed creation: the scheduler's backlog when creation ended.
+        "lag_after_last_create_seconds": secs - create_s,
+        // Once creation stops, the scheduler drains its backlog with the store to itself.
+        "backlog_at_last_create": pods as u64 - bound_at_create_end,
+        "drain_per_s": (pods as u64 - bound_at_create_end) as f64 / (secs - create_s).max(1e-9),
+        "rss_mib": rss as f64 / 1024.0,
+    }))
 }

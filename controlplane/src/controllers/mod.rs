@@ -5,10 +5,13 @@
 //! write through the same generic handler as HTTP requests, so every write is validated and
 //! revisioned the same way.
 
+pub mod daemonset;
 pub mod deployment;
 pub mod endpointslice;
 pub mod gc;
 pub mod namespace;
+pub mod nodeipam;
+pub mod nodelifecycle;
 pub mod podutil;
 pub mod replicaset;
 pub mod runtime;
@@ -29,4 +32,8 @@ pub fn spawn_builtin(api: Arc<Api>, settings: runtime::Settings) {
     tokio::spawn(deployment::run(ctx.clone()));
     tokio::spawn(gc::run(Arc::clone(&api)));
     tokio::spawn(namespace::run(api));
+    tokio::spawn(crate::scheduler::run(ctx.clone()));
+    tokio::spawn(nodeipam::run(ctx.clone()));
+    tokio::spawn(nodelifecycle::run(ctx.clone()));
+    tokio::spawn(daemonset::run(ctx.clone()));
 }
