@@ -147,7 +147,8 @@ impl Strategy for NodeStrategy {
         let mut status = match ready {
             Some("True") => "Ready".to_owned(),
             Some("False") => "NotReady".to_owned(),
-            _ => "Unknown".to_owned(),
+            // kubectl prints Unknown (a silent node) as NotReady too.
+            _ => "NotReady".to_owned(),
         };
         if obj.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true) {
             status.push_str(",SchedulingDisabled");

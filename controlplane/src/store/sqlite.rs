@@ -18,6 +18,11 @@ use super::{Event, KeyValue, Result, Store, StoreError, WatchStream, prefix_end}
 const SCHEMA: &str = "
 PRAGMA journal_mode = WAL;
 PRAGMA synchronous = NORMAL;
+-- One process owns the database: skip the per-transaction file locking.
+PRAGMA locking_mode = EXCLUSIVE;
+PRAGMA temp_store = MEMORY;
+PRAGMA cache_size = -16384;
+PRAGMA wal_autocheckpoint = 10000;
 CREATE TABLE IF NOT EXISTS log (
     rev        INTEGER PRIMARY KEY,
     key        TEXT    NOT NULL,
