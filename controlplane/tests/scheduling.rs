@@ -454,3 +454,35 @@ fn a_daemonset_runs_one_pod_per_eligible_node_follows_new_nodes_and_rolls_out_up
         ]) == "3/3/2"
     });
 }
+
+#[test]
+fn replicas_on_a_lost_node_come_back_on_another_node() {
+    if !need("kubectl", &["version", "--client"]) {
+        return;
+    }
+    let s = Server::start_with(&["--node-monitor-grace-period", "4"]);
+    s.register_node("lost", "4", "8Gi");
+    renew_lease(&s, "lost");
+    s.apply(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      tolerations: [{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 1}]\n      containers: [{name: c, image: skiff.local/pause}]\n",
+    );
+    let placement =
+        || {
+            s.ok(&[
+            "get", "pods", "-l", "app=web", "-o",
+            "jsonpath={range .items[*]}{.spec.nodeName}{.metadata.deletionTimestamp}{\"\\n\"}{end}",
+        ])
+        };
+    wait_for("both replicas on the only node", 30, || {
+        placement().lines().filter(|l| *l == "lost").count() == 2
+    });
+    // A second node joins; then the first one stops renewing its lease.
+    s.register_node("alive", "4", "8Gi");
+    wait_for("the lost node to go Unknown", 30, || {
+        ready_of(&s, "lost") == "Unknown"
+    });
+    // Evicted replicas are replaced and the replacements land on the healthy node.
+    wait_for("two live replicas on the healthy node", 60, || {
+        placement().lines().filter(|l| *l == "alive").count() == 2
+    });
+}
