@@ -3,80 +3,12 @@
 //! stops them and releases the pod.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+mod common;
 
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().and_then(|d| d.parent()).unwrap().join(name);
-    assert!(
-        path.exists(),
-        "{} is missing; build the workspace first",
-        path.display()
-    );
-    path
-}
+use std::process::Command;
+use std::time::Duration;
 
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(cmd: &mut Command) -> (Proc, String) {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(out).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx.recv_timeout(Duration::from_secs(30)).unwrap();
-    assert!(line.contains("ready"), "{line}");
-    (Proc(child), line)
-}
-
-fn kubectl(kc: &Path, args: &[&str], stdin: Option<&str>) -> String {
-    let mut child = Command::new("kubectl")
-        .args(args)
-        .env("KUBECONFIG", kc)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(s) = stdin {
-        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn eventually(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    panic!("timed out after {secs} s waiting for {what}");
-}
+use common::{Cluster, eventually, kubectl, require, start};
 
 /// Ids of the containers the agent made for `node`.
 fn containers(node: &str) -> Vec<String> {
@@ -117,14 +49,7 @@ fn prerequisites() -> bool {
             .args(["version", "--client"])
             .output()
             .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var_os("SKIFF_E2E_REQUIRED").is_none(),
-            "docker with the skiff.local images and kubectl are required: run cargo xtask setup && cargo xtask image"
-        );
-        eprintln!("SKIPPED: docker images or kubectl missing (cargo xtask image)");
-    }
-    ok
+    require(ok, "docker with the skiff.local images, and kubectl,")
 }
 
 #[test]
@@ -134,30 +59,9 @@ fn pods_run_restart_survive_an_agent_restart_and_stop_on_delete() {
     }
     let node = format!("pods-{}", std::process::id());
     let _cleanup = Cleanup(node.clone());
-    let dir = tempfile::tempdir().unwrap();
-    let (_cp, line) = start(
-        Command::new(bin("skiff-controlplane"))
-            .arg("--data-dir")
-            .arg(dir.path())
-            .args(["--listen", "127.0.0.1:0"]),
-    );
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("https://"))
-        .unwrap()
-        .to_owned();
-    let kc = dir.path().join("admin.kubeconfig");
-    let agent = || {
-        let mut cmd = Command::new(bin("skiff-agent"));
-        cmd.args(["--server", &url, "--node-name", &node, "--iface", "lo"])
-            .arg("--token-file")
-            .arg(dir.path().join("node-token"))
-            .arg("--ca-file")
-            .arg(dir.path().join("pki/ca.crt"))
-            .arg("--data-dir")
-            .arg(dir.path().join("agent"));
-        cmd
-    };
+    let c = Cluster::start();
+    let kc = c.kubeconfig.clone();
+    let agent = || c.agent(&node);
     let (agent1, _) = start(&mut agent());
     let manifest = format!(
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: web}}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 5\n  containers:\n  - name: web\n    image: skiff.local/netexec:latest\n    env: [{{name: MY_NODE, valueFrom: {{fieldRef: {{fieldPath: spec.nodeName}}}}}}]\n  - name: crash\n    image: skiff.local/netexec:latest\n    command: [/bin/sh, -c, 'exit 3']\n"
