@@ -140,7 +140,8 @@ pub async fn start(cfg: Config) -> Result<Running, ServerError> {
     if let Err(e) = crate::api::allocator::bootstrap_services(&api, &cfg.settings).await {
         tracing::error!("creating the kubernetes and kube-dns Services: {e}");
     }
-    controllers::spawn_builtin(Arc::clone(&api), cfg.settings.clone());
+    let identity = controlplane_identity(&cfg.data_dir)?;
+    controllers::spawn_builtin(Arc::clone(&api), cfg.settings.clone(), identity);
     tokio::spawn(compact_periodically(
         Arc::clone(&store),
         cfg.compaction_interval,
@@ -171,6 +172,24 @@ pub async fn start(cfg: Config) -> Result<Running, ServerError> {
         handle,
         task,
     })
+}
+
+/// This controlplane's name in leader election: the host name plus an id kept in the data dir.
+fn controlplane_identity(dir: &std::path::Path) -> Result<String, ServerError> {
+    let path = dir.join("controlplane-id");
+    let id = match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => s.trim().to_owned(),
+        _ => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            let id = format!("{}_{}", host.trim(), uuid::Uuid::new_v4().simple());
+            std::fs::write(&path, &id).map_err(|source| ServerError::DataDir {
+                path: path.clone(),
+                source,
+            })?;
+            id
+        }
+    };
+    Ok(id)
 }
 
 fn tls_config(pki: &Pki) -> Result<Arc<rustls::ServerConfig>, ServerError> {
