@@ -104,7 +104,13 @@ async fn main() -> ExitCode {
     agent.heartbeat(shutdown_signal()).await;
     // Pods keep running across agent restarts: stop syncing, leave containers alone.
     let _ = stop_tx.send(true);
-    let _ = pod_loop.await;
+    // A sync stuck on an unreachable API must not keep the agent from exiting.
+    if tokio::time::timeout(std::time::Duration::from_secs(5), pod_loop)
+        .await
+        .is_err()
+    {
+        tracing::warn!("pod sync did not stop within 5 s; exiting anyway");
+    }
     if let Err(e) = agent
         .post_status(false, "skiff-agent is shutting down")
         .await

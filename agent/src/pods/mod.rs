@@ -113,7 +113,13 @@ impl PodManager {
                 _ = tick.tick() => {}
                 _ = changed.notified() => {}
             }
-            if reader.wait_until_ready().await.is_err() {
+            // Until the first list completes there is nothing to sync; an API that cannot be
+            // reached must not block shutdown while we wait for it.
+            let ready = tokio::select! {
+                _ = &mut stop => break,
+                r = reader.wait_until_ready() => r,
+            };
+            if ready.is_err() {
                 break;
             }
             if let Err(e) = self.sync(reader.state()).await {
