@@ -511,30 +511,7 @@ fn every_kubectl_release_on_the_machine_works() {
         }
         tried += 1;
         let run = |args: &[&str], stdin: Option<&str>| {
-            let mut child = Command::new("timeout")
-                .arg("60")
-                .arg(&bin)
-                .args(args)
-                .env("KUBECONFIG", &s.kubeconfig)
-                .stdin(if stdin.is_some() {
-                    Stdio::piped()
-                } else {
-                    Stdio::null()
-                })
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            if let Some(input) = stdin {
-                use std::io::Write;
-                child
-                    .stdin
-                    .take()
-                    .unwrap()
-                    .write_all(input.as_bytes())
-                    .unwrap();
-            }
-            let out = child.wait_with_output().unwrap();
+            let out = s.kubectl_bin(&bin, args, stdin);
             assert!(
                 out.status.success(),
                 "kubectl 1.{minor} {args:?}: {}",

@@ -48,6 +48,8 @@ pub struct Managed {
     pub id: String,
     pub labels: HashMap<String, String>,
     pub created: i64,
+    /// From the listing, so a healthy sandbox costs no inspect per sync.
+    pub running: bool,
 }
 
 impl Managed {
@@ -108,10 +110,15 @@ impl Runtime {
         Ok(list
             .into_iter()
             .filter_map(|c| {
+                let running = matches!(
+                    c.state,
+                    Some(bollard::models::ContainerSummaryStateEnum::RUNNING)
+                );
                 Some(Managed {
                     id: c.id?,
                     labels: c.labels.unwrap_or_default(),
                     created: c.created.unwrap_or(0),
+                    running,
                 })
             })
             .collect())

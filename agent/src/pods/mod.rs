@@ -16,6 +16,8 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use serde_json::{Value, json};
 
+use skiff_common::quantity::{int_quantity, milli_cpu, parse_quantity};
+
 use docker::{
     DockerError, LABEL_CONTAINER, LABEL_POD_UID, LABEL_RESTARTS, Managed, PodRef, Runtime, SANDBOX,
     Spec,
@@ -47,32 +49,14 @@ fn k8s_time(docker_ts: Option<&str>) -> Option<String> {
     (t.as_second() > 0).then(|| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
 }
 
-/// Parses a CPU quantity into Docker nano-CPUs ("500m" -> 5e8, "2" -> 2e9).
+/// A CPU quantity as Docker nano-CPUs ("500m" -> 5e8, "2" -> 2e9).
 fn nano_cpus(q: &str) -> Option<i64> {
-    if let Some(m) = q.strip_suffix('m') {
-        return m.parse::<i64>().ok().map(|m| m * 1_000_000);
-    }
-    q.parse::<f64>().ok().map(|c| (c * 1e9) as i64)
+    parse_quantity(q).map(|_| milli_cpu(q) * 1_000_000)
 }
 
-/// Parses a memory quantity into bytes ("64Mi", "1G", "1000").
+/// A memory quantity in bytes ("64Mi", "1G", "1000").
 fn bytes(q: &str) -> Option<i64> {
-    const UNITS: &[(&str, i64)] = &[
-        ("Ki", 1 << 10),
-        ("Mi", 1 << 20),
-        ("Gi", 1 << 30),
-        ("Ti", 1 << 40),
-        ("k", 1_000),
-        ("M", 1_000_000),
-        ("G", 1_000_000_000),
-        ("T", 1_000_000_000_000),
-    ];
-    for (suffix, mult) in UNITS {
-        if let Some(n) = q.strip_suffix(suffix) {
-            return n.parse::<f64>().ok().map(|n| (n * *mult as f64) as i64);
-        }
-    }
-    q.parse::<f64>().ok().map(|n| n as i64)
+    parse_quantity(q).map(|_| int_quantity(q))
 }
 
 impl PodManager {
@@ -270,8 +254,7 @@ impl PodManager {
         }
         let sandbox = match newest.get(SANDBOX) {
             Some(s) => {
-                let st = self.runtime.inspect(&s.id).await?;
-                if !st.state.and_then(|s| s.running).unwrap_or(false) {
+                if !s.running {
                     self.runtime.start_existing(&s.id).await?;
                 }
                 s.id.clone()

@@ -293,13 +293,18 @@ impl Api {
         name: &str,
     ) -> ApiResult<Value> {
         let key = res.key(ns, name);
+        self.read(res, &key, name).await.map(|(_, v)| v)
+    }
+
+    /// The stored object under `key` with its mod revision (for compare-and-swap), 404 if absent.
+    async fn read(&self, res: &Resource, key: &str, name: &str) -> ApiResult<(i64, Value)> {
         let kv = self
             .store
-            .get(&key)
+            .get(key)
             .await
             .map_err(|e| ApiError::from_store(e, target(res, name)))?
             .ok_or_else(|| ApiError::not_found(target(res, name)))?;
-        with_rv(&kv.value, kv.mod_revision)
+        Ok((kv.mod_revision, with_rv(&kv.value, kv.mod_revision)?))
     }
 
     async fn ensure_namespace_accepts(&self, res: &Resource, ns: Option<&str>) -> ApiResult<()> {
@@ -516,18 +521,12 @@ impl Api {
     ) -> ApiResult<Value> {
         let key = res.key(ns, name);
         for _ in 0..32 {
-            let kv = self
-                .store
-                .get(&key)
-                .await
-                .map_err(|e| ApiError::from_store(e, target(res, name)))?
-                .ok_or_else(|| ApiError::not_found(target(res, name)))?;
-            let current = with_rv(&kv.value, kv.mod_revision)?;
+            let (rev, current) = self.read(res, &key, name).await?;
             let desired = self
                 .admission
                 .prepare_update(res, &current, mutate(current.clone())?);
             let wanted_rv = meta_str(&desired, "resourceVersion");
-            if !wanted_rv.is_empty() && wanted_rv != kv.mod_revision.to_string() {
+            if !wanted_rv.is_empty() && wanted_rv != rev.to_string() {
                 return Err(ApiError::modified(target(res, name)));
             }
             let explicit = !wanted_rv.is_empty();
@@ -558,14 +557,9 @@ impl Api {
                 && res.plural == "namespaces";
             let result = if deleting && finalizers(&new).is_empty() && grace == 0 && !ns_held {
                 // The last finalizer is gone: the deletion that was waiting for it completes.
-                self.store
-                    .delete(&key, Some(kv.mod_revision))
-                    .await
-                    .map(|(rev, _)| rev)
+                self.store.delete(&key, Some(rev)).await.map(|(rev, _)| rev)
             } else {
-                self.store
-                    .update(&key, to_stored(&new)?, kv.mod_revision)
-                    .await
+                self.store.update(&key, to_stored(&new)?, rev).await
             };
             match result {
                 Ok(rev) => {
@@ -590,13 +584,7 @@ impl Api {
     ) -> ApiResult<Value> {
         let key = res.key(ns, name);
         for _ in 0..32 {
-            let kv = self
-                .store
-                .get(&key)
-                .await
-                .map_err(|e| ApiError::from_store(e, target(res, name)))?
-                .ok_or_else(|| ApiError::not_found(target(res, name)))?;
-            let current = with_rv(&kv.value, kv.mod_revision)?;
+            let (rev, current) = self.read(res, &key, name).await?;
             if let Some(uid) = &opts.precondition_uid
                 && uid != meta_str(&current, "uid")
             {
@@ -609,13 +597,13 @@ impl Api {
                 ));
             }
             if let Some(rv) = &opts.precondition_rv
-                && *rv != kv.mod_revision.to_string()
+                && *rv != rev.to_string()
             {
                 return Err(ApiError::conflict(
                     target(res, name),
                     &format!(
                         "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-                        kv.mod_revision
+                        rev
                     ),
                 ));
             }
@@ -664,7 +652,7 @@ impl Api {
                 if opts.dry_run {
                     return Ok(current);
                 }
-                match self.store.delete(&key, Some(kv.mod_revision)).await {
+                match self.store.delete(&key, Some(rev)).await {
                     Ok((rev, _)) => {
                         let mut gone = current;
                         meta_mut(&mut gone)?
@@ -700,11 +688,7 @@ impl Api {
             if opts.dry_run {
                 return Ok(marked);
             }
-            match self
-                .store
-                .update(&key, to_stored(&marked)?, kv.mod_revision)
-                .await
-            {
+            match self.store.update(&key, to_stored(&marked)?, rev).await {
                 Ok(rev) => {
                     meta_mut(&mut marked)?.insert("resourceVersion".into(), json!(rev.to_string()));
                     return Ok(marked);

@@ -30,8 +30,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 
 use super::runtime::Context;
+use crate::controllers::events::{ObjectRef as EventRef, Recorder};
 use crate::scheduler::filter::{node_selector_matches, untolerated_taint};
-use crate::scheduler::{ObjectRef as EventRef, Recorder};
 
 pub const REVISION_LABEL: &str = "controller-revision-hash";
 
@@ -68,7 +68,7 @@ pub async fn run(ctx: Context) {
     .touched_objects()
     .filter_map(|r| async move { r.ok().map(|_| ()) });
     let state = Arc::new(State {
-        recorder: Recorder::start(ctx.client.clone(), "daemonset-controller"),
+        recorder: ctx.events.named("daemonset-controller"),
         ctx: ctx.clone(),
         nodes,
     });

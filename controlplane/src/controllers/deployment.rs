@@ -23,6 +23,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use serde_json::json;
 
+use super::events::ObjectRef as EventRef;
 use super::podutil::{self, controller_of, parse_selector};
 use super::runtime::Context;
 
@@ -695,8 +696,7 @@ async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Erro
             "Warning",
             "SelectingAll",
             "This deployment is selecting all pods. A non-empty selector is required.".into(),
-        )
-        .await;
+        );
         return Ok(Action::await_change());
     };
     pass.claim(&selector).await?;
@@ -709,9 +709,12 @@ impl Pass<'_> {
         self.d.metadata.name.clone().unwrap_or_default()
     }
 
-    async fn event(&self, ty: &str, reason: &str, message: String) {
-        let involved = podutil::object_ref(&self.d.metadata, "apps/v1", "Deployment");
-        podutil::record_event(&self.ctx.client, COMPONENT, involved, ty, reason, message).await;
+    fn event(&self, ty: &str, reason: &str, message: String) {
+        let about = EventRef::of(&self.d.metadata, "apps/v1", "Deployment");
+        self.ctx
+            .events
+            .named(COMPONENT)
+            .emit(about, ty, reason, &message);
     }
 
     /// Collects the replica sets this deployment controls: adopts orphans its selector
@@ -992,8 +995,7 @@ impl Pass<'_> {
                 "Normal",
                 "ScalingReplicaSet",
                 format!("Scaled up replica set {name} from 0 to {replicas}"),
-            )
-            .await;
+            );
         }
         if deadline(&self.d).is_some() {
             let mut s = self.d.status.clone().unwrap_or_default();
@@ -1058,8 +1060,7 @@ impl Pass<'_> {
                 "Normal",
                 "ScalingReplicaSet",
                 format!("Scaled {dir} replica set {name} from {before} to {replicas}"),
-            )
-            .await;
+            );
         }
         Ok(before != replicas)
     }

@@ -8,6 +8,7 @@
 pub mod daemonset;
 pub mod deployment;
 pub mod endpointslice;
+pub mod events;
 pub mod gc;
 pub mod leader;
 pub mod namespace;
@@ -30,6 +31,7 @@ pub fn spawn_builtin(api: Arc<Api>, settings: runtime::Settings, identity: Strin
         client: runtime::in_process_client(&api),
         api: Arc::clone(&api),
         settings: Arc::new(settings),
+        events: events::Recorder::start(runtime::in_process_client(&api), "skiff-controlplane"),
     };
     tokio::spawn(gc::run(Arc::clone(&api)));
     tokio::spawn(namespace::run(api));

@@ -26,8 +26,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 
 use super::runtime::Context;
+use crate::controllers::events::{ObjectRef as EventRef, Recorder};
 use crate::scheduler::filter::tolerates;
-use crate::scheduler::{ObjectRef as EventRef, Recorder};
 
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
 pub const TAINT_UNREACHABLE: &str = "node.kubernetes.io/unreachable";
@@ -73,7 +73,7 @@ pub async fn run(ctx: Context) {
     }
     let grace = ctx.settings.node_monitor_grace;
     let period = (grace / 4).clamp(Duration::from_millis(500), Duration::from_secs(5));
-    let recorder = Recorder::start(ctx.client.clone(), "node-controller");
+    let recorder = ctx.events.named("node-controller");
     let mut monitor = Monitor {
         ctx,
         nodes,

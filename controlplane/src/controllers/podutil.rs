@@ -4,11 +4,8 @@
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-    LabelSelector, MicroTime, ObjectMeta, OwnerReference, Time,
-};
-use kube::api::PostParams;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 
 use crate::api::selector;
 
@@ -100,67 +97,6 @@ pub fn labels_of(meta: &ObjectMeta) -> BTreeMap<String, String> {
 
 pub fn now() -> Timestamp {
     Timestamp::now()
-}
-
-/// Records a core/v1 Event about `obj` in its namespace, in the background: events must
-/// neither slow nor stop a controller, so failures are only logged.
-pub async fn record_event(
-    client: &kube::Client,
-    component: &str,
-    involved: ObjectReference,
-    type_: &str,
-    reason: &str,
-    message: String,
-) {
-    let ns = involved.namespace.clone().unwrap_or_default();
-    let now = Timestamp::now();
-    let name = format!(
-        "{}.{:x}",
-        involved.name.as_deref().unwrap_or("object"),
-        now.as_nanosecond()
-    );
-    let event = Event {
-        metadata: ObjectMeta {
-            name: Some(name),
-            namespace: Some(ns.clone()),
-            ..Default::default()
-        },
-        involved_object: involved,
-        reason: Some(reason.to_owned()),
-        message: Some(message),
-        type_: Some(type_.to_owned()),
-        source: Some(EventSource {
-            component: Some(component.to_owned()),
-            host: None,
-        }),
-        count: Some(1),
-        first_timestamp: Some(Time(now)),
-        last_timestamp: Some(Time(now)),
-        event_time: None::<MicroTime>,
-        reporting_component: Some(component.to_owned()),
-        reporting_instance: Some(component.to_owned()),
-        ..Default::default()
-    };
-    let api: kube::Api<Event> = kube::Api::namespaced(client.clone(), &ns);
-    let reason = reason.to_owned();
-    tokio::spawn(async move {
-        if let Err(e) = api.create(&PostParams::default(), &event).await {
-            tracing::warn!(reason, "recording event failed: {e}");
-        }
-    });
-}
-
-/// An ObjectReference to a namespaced object of the given kind.
-pub fn object_ref(meta: &ObjectMeta, api_version: &str, kind: &str) -> ObjectReference {
-    ObjectReference {
-        api_version: Some(api_version.to_owned()),
-        kind: Some(kind.to_owned()),
-        name: meta.name.clone(),
-        namespace: meta.namespace.clone(),
-        uid: meta.uid.clone(),
-        resource_version: meta.resource_version.clone(),
-        field_path: None,
-    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use serde_json::json;
 
+use super::events::ObjectRef as EventRef;
 use super::podutil::{self, controller_of, is_active, is_ready, parse_selector};
 use super::runtime::Context;
 
@@ -262,15 +263,33 @@ fn compute_status(
 
 /// Takes an orphan: adds this replica set as its controller. False when someone else won.
 async fn adopt(api: &kube::Api<Pod>, rs: &ReplicaSet, pod: &Pod) -> Result<bool, Error> {
-    let name = pod.metadata.name.clone().unwrap_or_default();
     let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
     refs.push(podutil::controller_ref(
         &rs.metadata,
         "apps/v1",
         "ReplicaSet",
     ));
-    // The uid and resourceVersion preconditions make this a compare-and-swap: the pod must be
-    // the one we saw, still without a controller.
+    set_owner_refs(api, pod, refs, "adopting").await
+}
+
+/// Drops this replica set's reference from a pod that no longer matches its selector.
+async fn release(api: &kube::Api<Pod>, pod: &Pod, uid: &str) -> Result<(), Error> {
+    let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
+    refs.retain(|r| r.uid != uid);
+    set_owner_refs(api, pod, refs, "releasing")
+        .await
+        .map(|_| ())
+}
+
+/// Writes a pod's ownerReferences. The uid and resourceVersion preconditions make this a
+/// compare-and-swap: the pod must be the one we saw. False when it changed or went away.
+async fn set_owner_refs(
+    api: &kube::Api<Pod>,
+    pod: &Pod,
+    refs: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+    doing: &str,
+) -> Result<bool, Error> {
+    let name = pod.metadata.name.clone().unwrap_or_default();
     let patch = json!({"metadata": {
         "ownerReferences": refs,
         "uid": pod.metadata.uid,
@@ -282,33 +301,7 @@ async fn adopt(api: &kube::Api<Pod>, rs: &ReplicaSet, pod: &Pod) -> Result<bool,
     {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(false),
-        Err(e) => Err(api_err(format!("adopting pod {name}"))(e)),
-    }
-}
-
-/// Drops this replica set's reference from a pod that no longer matches its selector.
-async fn release(api: &kube::Api<Pod>, pod: &Pod, uid: &str) -> Result<(), Error> {
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    let refs: Vec<_> = pod
-        .metadata
-        .owner_references
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|r| r.uid != uid)
-        .collect();
-    let patch = json!({"metadata": {
-        "ownerReferences": refs,
-        "uid": pod.metadata.uid,
-        "resourceVersion": pod.metadata.resource_version,
-    }});
-    match api
-        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
-        Err(e) => Err(api_err(format!("releasing pod {name}"))(e)),
+        Err(e) => Err(api_err(format!("{doing} pod {name}"))(e)),
     }
 }
 
@@ -352,7 +345,8 @@ async fn create_pods(
 ) -> Result<(), Error> {
     let pod = pod_from_template(rs);
     let rs_name = rs.metadata.name.clone().unwrap_or_default();
-    let involved = podutil::object_ref(&rs.metadata, "apps/v1", "ReplicaSet");
+    let involved = EventRef::of(&rs.metadata, "apps/v1", "ReplicaSet");
+    let events = ctx.events.named(COMPONENT);
     let pp = PostParams::default();
     let mut done = 0;
     let mut batch = 1;
@@ -363,30 +357,24 @@ async fn create_pods(
         for r in results {
             match r {
                 Ok(p) => {
-                    podutil::record_event(
-                        &ctx.client,
-                        COMPONENT,
+                    events.emit(
                         involved.clone(),
                         "Normal",
                         "SuccessfulCreate",
-                        format!(
+                        &format!(
                             "Created pod: {}",
                             p.metadata.name.as_deref().unwrap_or_default()
                         ),
-                    )
-                    .await;
+                    );
                 }
                 Err(e) => {
                     if first_err.is_none() {
-                        podutil::record_event(
-                            &ctx.client,
-                            COMPONENT,
+                        events.emit(
                             involved.clone(),
                             "Warning",
                             "FailedCreate",
-                            format!("Error creating: {e}"),
-                        )
-                        .await;
+                            &format!("Error creating: {e}"),
+                        );
                         first_err = Some(e);
                     }
                 }
@@ -410,7 +398,8 @@ async fn delete_pods(
     active: &[Pod],
     n: usize,
 ) -> Result<(), Error> {
-    let involved = podutil::object_ref(&rs.metadata, "apps/v1", "ReplicaSet");
+    let involved = EventRef::of(&rs.metadata, "apps/v1", "ReplicaSet");
+    let events = ctx.events.named(COMPONENT);
     for pod in pods_to_delete(active, n, podutil::now()) {
         let name = pod.metadata.name.clone().unwrap_or_default();
         let dp = DeleteParams {
@@ -422,15 +411,12 @@ async fn delete_pods(
         };
         match api.delete(&name, &dp).await {
             Ok(_) => {
-                podutil::record_event(
-                    &ctx.client,
-                    COMPONENT,
+                events.emit(
                     involved.clone(),
                     "Normal",
                     "SuccessfulDelete",
-                    format!("Deleted pod: {name}"),
-                )
-                .await;
+                    &format!("Deleted pod: {name}"),
+                );
             }
             Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
             Err(e) => return Err(api_err(format!("deleting pod {name}"))(e)),

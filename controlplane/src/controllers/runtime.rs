@@ -47,6 +47,8 @@ pub struct Context {
     pub client: kube::Client,
     pub api: Arc<Api>,
     pub settings: Arc<Settings>,
+    /// The process's event queue; each loop takes a handle with `events.named(component)`.
+    pub events: crate::controllers::events::Recorder,
 }
 
 /// A kube client whose requests go straight into the API router.

@@ -19,16 +19,16 @@ pub mod score;
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt, stream::BoxStream};
-use k8s_openapi::api::core::v1::{Event as CoreEvent, Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use tokio::sync::{Semaphore, mpsc};
 
+use crate::controllers::events::{ObjectRef, Recorder};
 use crate::controllers::runtime::Context;
 use filter::{NodeInfo, NodeSpec, PodInfo, Reason, filter_node, fit_error};
 
@@ -79,7 +79,7 @@ pub async fn run(ctx: Context) {
         tokio_stream::wrappers::UnboundedReceiverStream::new(rx).boxed(),
     ];
     let mut inputs = futures::stream::select_all(streams);
-    let recorder = Recorder::start(ctx.client.clone(), SCHEDULER_NAME);
+    let recorder = ctx.events.named(SCHEDULER_NAME);
     let mut s = Scheduler::default();
     let binds = Arc::new(Semaphore::new(CONCURRENT_BINDS));
     let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -605,79 +605,6 @@ impl Scheduler {
         self.assumed.insert(key.to_owned());
         self.place(key.to_owned(), assumed);
         Outcome::Assumed(Box::new(pod), node)
-    }
-}
-
-/// What an event is about.
-#[derive(Clone, Debug)]
-pub struct ObjectRef {
-    pub kind: &'static str,
-    pub api_version: &'static str,
-    pub namespace: String,
-    pub name: String,
-    pub uid: String,
-}
-
-/// Writes core/v1 Events in the background. Like client-go's broadcaster it never blocks the
-/// caller: when the queue is full the event is dropped (events are best effort).
-#[derive(Clone)]
-pub struct Recorder {
-    tx: mpsc::Sender<CoreEvent>,
-    component: &'static str,
-}
-
-static EVENT_SEQ: AtomicU64 = AtomicU64::new(0);
-
-impl Recorder {
-    pub fn start(client: kube::Client, component: &'static str) -> Self {
-        let (tx, rx) = mpsc::channel::<CoreEvent>(1000);
-        tokio::spawn(async move {
-            tokio_stream::wrappers::ReceiverStream::new(rx)
-                // One write at a time: events never crowd out bindings or other writes.
-                .for_each_concurrent(1, |ev| {
-                    let client = client.clone();
-                    async move {
-                        let ns = ev.metadata.namespace.clone().unwrap_or_default();
-                        let api: Api<CoreEvent> = Api::namespaced(client, &ns);
-                        if let Err(e) = api.create(&PostParams::default(), &ev).await {
-                            tracing::debug!("writing an event failed: {e}");
-                        }
-                    }
-                })
-                .await;
-        });
-        Self { tx, component }
-    }
-
-    pub fn emit(&self, about: ObjectRef, type_: &str, reason: &str, message: &str) {
-        let now = jiff::Timestamp::now();
-        let seq = EVENT_SEQ.fetch_add(1, Ordering::Relaxed);
-        let name = format!(
-            "{}.{:x}",
-            about.name,
-            now.as_nanosecond().unsigned_abs() as u64 + seq
-        );
-        let ts = crate::resources::now_rfc3339();
-        let ev = json!({
-            "metadata": {"name": name, "namespace": about.namespace},
-            "involvedObject": {"kind": about.kind, "apiVersion": about.api_version,
-                "namespace": about.namespace, "name": about.name, "uid": about.uid},
-            "reason": reason,
-            "message": message,
-            "type": type_,
-            "source": {"component": self.component},
-            "reportingComponent": self.component,
-            "firstTimestamp": ts,
-            "lastTimestamp": ts,
-            "count": 1,
-        });
-        match serde_json::from_value::<CoreEvent>(ev) {
-            Ok(ev) => {
-                // A full queue drops the event, as client-go does.
-                let _ = self.tx.try_send(ev);
-            }
-            Err(e) => tracing::debug!("building an event failed: {e}"),
-        }
     }
 }
 

@@ -101,9 +101,14 @@ impl Server {
     }
 
     pub fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        self.kubectl_bin("kubectl", args, stdin)
+    }
+
+    /// Runs a given kubectl binary (bounded to 60 s) against this server.
+    pub fn kubectl_bin(&self, bin: &str, args: &[&str], stdin: Option<&str>) -> Output {
         let mut child = Command::new("timeout")
             .arg("60")
-            .arg("kubectl")
+            .arg(bin)
             .args(args)
             .env("KUBECONFIG", &self.kubeconfig)
             .stdin(if stdin.is_some() {

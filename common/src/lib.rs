@@ -1,0 +1,3 @@
+//! skiff-common: logic the controlplane and the agent share, kept tiny and free of I/O.
+
+pub mod quantity;
