@@ -1,5 +1,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, ValueEnum};
 use skiff_agent::node::{Facts, NodeAgent};
@@ -76,14 +77,10 @@ async fn main() -> ExitCode {
         }
     };
     let host_ip = uplink.address.to_string();
-    let pods = match PodManager::new(client.clone(), &args.node_name, &host_ip).await {
-        Ok(p) => std::sync::Arc::new(p),
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let agent = NodeAgent::new(client, Facts::gather(&args.node_name, uplink));
+    let agent = Arc::new(NodeAgent::new(
+        client.clone(),
+        Facts::gather(&args.node_name, uplink.clone()),
+    ));
     // The controlplane may still be starting: retry registration for a while.
     let mut attempt = 0;
     while let Err(e) = agent.register().await {
@@ -95,15 +92,56 @@ async fn main() -> ExitCode {
         tracing::warn!("registration failed (attempt {attempt}): {e}");
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
-    println!("skiff-agent ready: node {}", args.node_name);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let pod_loop = tokio::spawn(pods.run(async move {
-        let mut rx = stop_rx;
-        let _ = rx.wait_for(|s| *s).await;
+    let heartbeat = tokio::spawn({
+        let agent = Arc::clone(&agent);
+        let mut stop = stop_rx.clone();
+        async move {
+            agent
+                .heartbeat(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        }
+    });
+    // The network-ready gate: pods start only once the node has its podCIDR and overlay.
+    let net = tokio::select! {
+        n = network::start(client.clone(), &args.node_name, uplink, &args.data_dir, stop_rx.clone()) => n,
+        () = shutdown_signal() => {
+            let _ = stop_tx.send(true);
+            let _ = heartbeat.await;
+            return ExitCode::SUCCESS;
+        }
+    };
+    let net = match net {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("error: {e}");
+            let _ = stop_tx.send(true);
+            let _ = heartbeat.await;
+            return ExitCode::FAILURE;
+        }
+    };
+    let pods = match PodManager::new(client.clone(), &args.node_name, &host_ip, net).await {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            eprintln!("error: {e}");
+            let _ = stop_tx.send(true);
+            let _ = heartbeat.await;
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("skiff-agent ready: node {}", args.node_name);
+    let pod_loop = tokio::spawn(pods.run({
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
     }));
-    agent.heartbeat(shutdown_signal()).await;
+    shutdown_signal().await;
     // Pods keep running across agent restarts: stop syncing, leave containers alone.
     let _ = stop_tx.send(true);
+    let _ = heartbeat.await;
     // A sync stuck on an unreachable API must not keep the agent from exiting.
     if tokio::time::timeout(std::time::Duration::from_secs(5), pod_loop)
         .await

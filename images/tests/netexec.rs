@@ -77,3 +77,33 @@ fn netexec_serves_hostname_clientip_echo_and_udp() {
         sock.local_addr().unwrap().to_string()
     );
 }
+
+#[test]
+fn dial_udp_prints_the_reply() {
+    let (http, udp) = (free_port(), free_port());
+    let _p = Proc(
+        Command::new(env!("CARGO_BIN_EXE_netexec"))
+            .args([
+                "--http-port",
+                &http.to_string(),
+                "--udp-port",
+                &udp.to_string(),
+            ])
+            .spawn()
+            .unwrap(),
+    );
+    assert_eq!(http_get(http, "/healthz"), "ok");
+    let reply = Command::new(env!("CARGO_BIN_EXE_netexec"))
+        .args(["dial-udp", &format!("127.0.0.1:{udp}"), "echo over-udp"])
+        .output()
+        .unwrap();
+    assert!(reply.status.success());
+    assert_eq!(String::from_utf8_lossy(&reply.stdout).trim(), "over-udp");
+    // Nobody answering is an error, not a hang.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let st = Command::new(env!("CARGO_BIN_EXE_netexec"))
+        .args(["dial-udp", &silent.local_addr().unwrap().to_string(), "x"])
+        .output()
+        .unwrap();
+    assert!(!st.status.success());
+}

@@ -9,9 +9,11 @@ use anyhow::{Context, Result};
 use crate::{cargo, root, sh};
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";
+/// Applets linked into the images. Debian's static busybox crashes on `wget -T`: bound a fetch
+/// with `timeout N wget ...` instead.
 const BUSYBOX_TOOLS: &[&str] = &[
-    "sh", "wget", "nslookup", "cat", "ls", "sleep", "ip", "ping", "nc", "hostname", "echo", "env",
-    "ps", "kill", "grep", "getent",
+    "sh", "wget", "timeout", "nslookup", "cat", "ls", "sleep", "ip", "ping", "nc", "hostname",
+    "echo", "env", "ps", "kill", "grep", "getent",
 ];
 
 /// Writes a rootfs with `/bin/busybox` (+ applet links) and the given binaries, and imports it.
@@ -35,6 +37,7 @@ fn import(tag: &str, cmd: &str, binaries: &[(&Path, &str)]) -> Result<()> {
         std::fs::copy(src, rootfs.join(name))
             .with_context(|| format!("copying {}", src.display()))?;
     }
+
     let tar = dir.path().join("rootfs.tar");
     sh(Command::new("tar")
         .arg("-C")

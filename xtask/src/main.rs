@@ -1,6 +1,8 @@
 //! Developer, CI and benchmark tasks: `cargo xtask <command>`.
 
 mod bench;
+mod cluster;
+mod demo;
 mod gen_protobuf;
 mod image;
 mod setup;
@@ -32,6 +34,13 @@ enum Cmd {
     },
     /// Regenerates the protobuf schema table (controlplane/src/api/protobuf/schema.rs) from k8s-pb.
     GenProtobuf,
+    /// One command to see skiff run: a local two-node cluster with a sample app.
+    Demo,
+    /// A local multi-node cluster on this machine (nodes are network namespaces).
+    Cluster {
+        #[command(subcommand)]
+        action: cluster::Action,
+    },
     /// Benchmarks; results go to target/bench/ as JSON and SVG.
     Bench {
         #[command(subcommand)]
@@ -46,6 +55,8 @@ fn main() {
         Cmd::Ci => ci(),
         Cmd::Image { debug } => setup::run().and_then(|()| image::run(!debug)),
         Cmd::GenProtobuf => gen_protobuf::run(&root()),
+        Cmd::Demo => demo::run(),
+        Cmd::Cluster { action } => cluster::run(action),
         Cmd::Bench { which } => bench::run(which),
     };
     if let Err(e) = result {

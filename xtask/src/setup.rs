@@ -16,6 +16,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("busybox-static", "/bin/busybox"),
     ("iproute2", "/usr/sbin/ip"),
     ("iptables", "/usr/sbin/iptables"),
+    // Benchmarks: pod network throughput.
+    ("iperf3", "/usr/bin/iperf3"),
 ];
 
 fn have(cmd: &str) -> bool {

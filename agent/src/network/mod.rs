@@ -1,12 +1,29 @@
-//! The node's view of its network, through netlink (no `ip` shell-outs).
+//! The node's network, through netlink (no `ip` shell-outs): the uplink, the pod bridge and
+//! veths with IPAM, the VXLAN overlay to the other nodes, and the masquerade rules.
 
+pub mod bridge;
+pub mod ipam;
+pub mod masq;
+pub mod overlay;
+
+use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::LinkAttribute;
 use netlink_packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::RouteMessageBuilder;
+
+use ipam::Ipam;
+use overlay::Overlay;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
@@ -20,7 +37,25 @@ pub enum NetworkError {
     NoAddress(String),
     #[error("no IPv4 default route to pick the node's interface from; pass --iface")]
     NoDefaultRoute,
+    #[error(transparent)]
+    Ipam(#[from] ipam::IpamError),
+    #[error("{0}")]
+    Iptables(String),
+    #[error("pod network: {0}")]
+    Pod(String),
+    #[error("API: {0}")]
+    Api(#[from] kube::Error),
+    #[error(
+        "the cluster's network settings (ConfigMap kube-system/{CLUSTER_CONFIGMAP}) are missing or invalid: {0}"
+    )]
+    ClusterConfig(String),
 }
+
+/// ConfigMap in kube-system where the controlplane publishes the cluster's networks.
+pub const CLUSTER_CONFIGMAP: &str = "skiff-cluster";
+/// How often the overlay, bridge and rules are checked against the kernel even when no Node
+/// changed (someone may have deleted a device or flushed a chain).
+const RECONCILE_EVERY: Duration = Duration::from_secs(10);
 
 /// The interface the node talks to other nodes on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,6 +70,19 @@ fn connect() -> Result<rtnetlink::Handle, NetworkError> {
     let (conn, handle, _) = rtnetlink::new_connection()?;
     tokio::spawn(conn);
     Ok(handle)
+}
+
+/// The index of the link called `name`, if there is one.
+pub(crate) async fn link_index(
+    handle: &rtnetlink::Handle,
+    name: &str,
+) -> Result<Option<u32>, NetworkError> {
+    let mut links = handle.link().get().match_name(name.to_owned()).execute();
+    match links.try_next().await {
+        Ok(l) => Ok(l.map(|l| l.header.index)),
+        Err(rtnetlink::Error::NetlinkError(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Finds `iface` (or, when `None`, the interface of the IPv4 default route) and its address.
@@ -114,6 +162,322 @@ pub async fn uplink(iface: Option<&str>) -> Result<Uplink, NetworkError> {
         }
     }
     Err(NetworkError::NoAddress(name))
+}
+
+/// The cluster's networks, as the controlplane publishes them.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub cluster_cidr: Ipv4Net,
+    pub service_cidr: Ipv4Net,
+    pub cluster_dns: Ipv4Addr,
+    pub cluster_domain: String,
+}
+
+impl ClusterConfig {
+    pub fn from_data(data: &BTreeMap<String, String>) -> Result<Self, NetworkError> {
+        fn field<T: std::str::FromStr>(
+            data: &BTreeMap<String, String>,
+            key: &str,
+        ) -> Result<T, NetworkError> {
+            data.get(key).and_then(|v| v.parse().ok()).ok_or_else(|| {
+                NetworkError::ClusterConfig(format!("data.{key} is missing or invalid"))
+            })
+        }
+        Ok(Self {
+            cluster_cidr: field(data, "clusterCIDR")?,
+            service_cidr: field(data, "serviceCIDR")?,
+            cluster_dns: field(data, "clusterDNS")?,
+            cluster_domain: data
+                .get("clusterDomain")
+                .cloned()
+                .unwrap_or_else(|| "cluster.local".into()),
+        })
+    }
+
+    pub async fn fetch(client: &kube::Client) -> Result<Self, NetworkError> {
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-system");
+        let cm = cms
+            .get_opt(CLUSTER_CONFIGMAP)
+            .await?
+            .ok_or_else(|| NetworkError::ClusterConfig("not found".into()))?;
+        Self::from_data(&cm.data.unwrap_or_default())
+    }
+}
+
+/// Pods' side of the node's network: the bridge, addresses and per-pod files.
+pub struct PodNetwork {
+    handle: rtnetlink::Handle,
+    bridge: u32,
+    ipam: Ipam,
+    mtu: u32,
+    pub cluster: ClusterConfig,
+    pods_dir: PathBuf,
+}
+
+impl PodNetwork {
+    pub fn pod_cidr(&self) -> Ipv4Net {
+        self.ipam.cidr()
+    }
+
+    /// Host-end names of every pod veth present now (one netlink dump).
+    pub async fn wired(&self) -> Result<HashSet<String>, NetworkError> {
+        let mut names = HashSet::new();
+        let mut links = self.handle.link().get().execute();
+        while let Some(l) = links.try_next().await? {
+            if l.attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::Controller(i) if *i == self.bridge))
+            {
+                for a in l.attributes {
+                    if let LinkAttribute::IfName(n) = a {
+                        names.insert(n);
+                    }
+                }
+            }
+        }
+        Ok(names)
+    }
+
+    pub fn is_wired(wired: &HashSet<String>, uid: &str) -> bool {
+        wired.contains(&bridge::host_veth(uid))
+    }
+
+    pub fn address(&self, uid: &str) -> Option<Ipv4Addr> {
+        self.ipam.lookup(uid)
+    }
+
+    /// Gives the pod whose sandbox runs as `pid` its address (kept across re-wiring) and its
+    /// interface.
+    pub async fn attach(&self, uid: &str, pid: u32) -> Result<Ipv4Addr, NetworkError> {
+        let ip = self.ipam.allocate(uid)?;
+        let link = bridge::PodLink {
+            uid: uid.to_owned(),
+            pid,
+            ip,
+            cidr: self.ipam.cidr(),
+            gateway: self.ipam.gateway(),
+            mtu: self.mtu,
+        };
+        bridge::wire(&self.handle, self.bridge, &link).await?;
+        Ok(ip)
+    }
+
+    /// Undoes `attach` and removes the pod's files.
+    pub async fn detach(&self, uid: &str) {
+        if let Err(e) = bridge::unwire(&self.handle, uid).await {
+            tracing::warn!(uid, "removing the pod's veth: {e}");
+        }
+        self.ipam.release(uid);
+        let _ = std::fs::remove_dir_all(self.pods_dir.join(uid));
+    }
+
+    /// Pod uids holding an address.
+    pub fn holders(&self) -> Vec<String> {
+        self.ipam.held().into_iter().map(|(_, uid)| uid).collect()
+    }
+
+    /// Writes the pod's /etc/resolv.conf and /etc/hosts; returns their paths.
+    pub fn pod_files(&self, pod: &Pod, ip: Ipv4Addr) -> Result<(PathBuf, PathBuf), NetworkError> {
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        let dir = self.pods_dir.join(uid);
+        std::fs::create_dir_all(&dir)?;
+        let resolv = dir.join("resolv.conf");
+        let hosts = dir.join("hosts");
+        write_if_changed(&resolv, &resolv_conf(pod, &self.cluster))?;
+        let hostname = pod.metadata.name.as_deref().unwrap_or_default();
+        write_if_changed(
+            &hosts,
+            &format!(
+                "# Kubernetes-managed hosts file (skiff).\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{hostname}\n"
+            ),
+        )?;
+        Ok((resolv, hosts))
+    }
+}
+
+fn write_if_changed(path: &Path, content: &str) -> std::io::Result<()> {
+    if std::fs::read_to_string(path).is_ok_and(|c| c == content) {
+        return Ok(());
+    }
+    std::fs::write(path, content)
+}
+
+/// A pod's resolv.conf by its dnsPolicy, as the kubelet writes it.
+pub fn resolv_conf(pod: &Pod, cluster: &ClusterConfig) -> String {
+    let spec = pod.spec.as_ref();
+    let policy = spec
+        .and_then(|s| s.dns_policy.as_deref())
+        .unwrap_or("ClusterFirst");
+    let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let d = &cluster.cluster_domain;
+    let (mut servers, mut search, mut options): (Vec<String>, Vec<String>, Vec<String>) =
+        match policy {
+            "ClusterFirst" if !host_network => (
+                vec![cluster.cluster_dns.to_string()],
+                vec![format!("{ns}.svc.{d}"), format!("svc.{d}"), d.clone()],
+                vec!["ndots:5".into()],
+            ),
+            "ClusterFirstWithHostNet" => (
+                vec![cluster.cluster_dns.to_string()],
+                vec![format!("{ns}.svc.{d}"), format!("svc.{d}"), d.clone()],
+                vec!["ndots:5".into()],
+            ),
+            "None" => (vec![], vec![], vec![]),
+            // Default (and ClusterFirst with host networking): the node's own resolver.
+            _ => host_resolv(),
+        };
+    if let Some(cfg) = spec.and_then(|s| s.dns_config.as_ref()) {
+        servers.extend(cfg.nameservers.iter().flatten().cloned());
+        search.extend(cfg.searches.iter().flatten().cloned());
+        for o in cfg.options.iter().flatten() {
+            let opt = match &o.value {
+                Some(v) => format!("{}:{v}", o.name.as_deref().unwrap_or_default()),
+                None => o.name.clone().unwrap_or_default(),
+            };
+            options.retain(|x| x.split(':').next() != opt.split(':').next());
+            options.push(opt);
+        }
+    }
+    let mut out = String::new();
+    for s in servers.iter().take(3) {
+        out.push_str(&format!("nameserver {s}\n"));
+    }
+    if !search.is_empty() {
+        out.push_str(&format!("search {}\n", search.join(" ")));
+    }
+    if !options.is_empty() {
+        out.push_str(&format!("options {}\n", options.join(" ")));
+    }
+    out
+}
+
+fn host_resolv() -> (Vec<String>, Vec<String>, Vec<String>) {
+    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let (mut servers, mut search, mut options) = (vec![], vec![], vec![]);
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("nameserver") => servers.extend(words.map(str::to_owned)),
+            Some("search") => search.extend(words.map(str::to_owned)),
+            Some("options") => options.extend(words.map(str::to_owned)),
+            _ => {}
+        }
+    }
+    (servers, search, options)
+}
+
+/// Brings up the node's network and keeps it in line with the cluster: waits for the node's
+/// podCIDR (the network-ready gate: nothing returns before it and the overlay exist), creates the
+/// bridge, overlay and rules, publishes the VTEP on the Node, then keeps reconciling peers
+/// on every Node change and periodically until `stop` resolves.
+pub async fn start(
+    client: kube::Client,
+    node: &str,
+    uplink: Uplink,
+    data_dir: &Path,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<Arc<PodNetwork>, NetworkError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let pod_cidr: Ipv4Net = loop {
+        let cidr = nodes
+            .get_opt(node)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|n| n.spec?.pod_cidr)
+            .and_then(|c| c.parse().ok());
+        if let Some(c) = cidr {
+            break c;
+        }
+        tracing::info!("waiting for the controlplane to give node {node} a podCIDR");
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return Err(NetworkError::Pod("stopped before the network was ready".into())),
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    };
+    let cluster = ClusterConfig::fetch(&client).await?;
+    let handle = connect()?;
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
+    let mac = overlay::stable_mac(data_dir)?;
+    let overlay = Overlay::new(handle.clone(), uplink.clone(), mac, pod_cidr);
+    overlay.ensure_device().await?;
+    masq::apply(cluster.cluster_cidr, pod_cidr)?;
+    let ipam = Ipam::open(data_dir, pod_cidr)?;
+    let mtu = overlay.mtu();
+    let bridge = bridge::ensure_bridge(&handle, ipam.gateway(), pod_cidr.prefix_len(), mtu).await?;
+    let patch = serde_json::json!({"metadata": {"annotations": {
+        overlay::ANNOTATION_MAC: overlay::format_mac(&mac),
+        overlay::ANNOTATION_IP: uplink.address.to_string(),
+    }}});
+    nodes
+        .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    tracing::info!(%pod_cidr, vtep = %overlay::format_mac(&mac), "pod network ready");
+    let net = Arc::new(PodNetwork {
+        handle,
+        bridge,
+        ipam,
+        mtu,
+        cluster: cluster.clone(),
+        pods_dir: data_dir.join("pods"),
+    });
+    let me = node.to_owned();
+    let keep = Arc::clone(&net);
+    tokio::spawn(async move {
+        let (reader, writer) = reflector::store();
+        // Raw events (not just touched objects), so the end of the initial list wakes us too.
+        let changes =
+            reflector(writer, watcher(nodes, watcher::Config::default())).default_backoff();
+        let mut changes = std::pin::pin!(changes);
+        let mut tick = tokio::time::interval(RECONCILE_EVERY);
+        let mut last = None;
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => break,
+                _ = tick.tick() => { last = None; }
+                ev = changes.next() => match ev {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => { tracing::warn!("watching nodes: {e}"); continue; }
+                    None => break,
+                },
+            }
+            // The store fills as this loop polls the watch: never wait for it here.
+            match futures::FutureExt::now_or_never(reader.wait_until_ready()) {
+                None => continue,
+                Some(Err(_)) => break,
+                Some(Ok(())) => {}
+            }
+            let all: Vec<Node> = reader.state().iter().map(|n| (**n).clone()).collect();
+            let peers = overlay::peers(&all, &me);
+            // Node status churn (heartbeats) must not cost a netlink dump each time.
+            if last.as_ref() == Some(&peers) {
+                continue;
+            }
+            match overlay.sync(&peers).await {
+                Ok(n) => tracing::debug!("overlay: {n} of {} peers programmed", peers.len()),
+                Err(e) => {
+                    tracing::warn!("overlay sync: {e}");
+                    continue;
+                }
+            }
+            if let Err(e) = bridge::ensure_bridge(
+                &keep.handle,
+                keep.ipam.gateway(),
+                pod_cidr.prefix_len(),
+                mtu,
+            )
+            .await
+            {
+                tracing::warn!("pod bridge: {e}");
+            }
+            if let Err(e) = masq::apply(cluster.cluster_cidr, pod_cidr) {
+                tracing::warn!("pod network rules: {e}");
+            }
+            last = Some(peers);
+        }
+    });
+    Ok(net)
 }
 
 #[cfg(test)]

@@ -76,6 +76,8 @@ pub struct Spec {
     pub nano_cpus: Option<i64>,
     pub memory: Option<i64>,
     pub restarts: u32,
+    /// Bind mounts, `host:container[:options]`.
+    pub binds: Vec<String>,
 }
 
 impl Runtime {
@@ -122,6 +124,16 @@ impl Runtime {
                 })
             })
             .collect())
+    }
+
+    /// PID of the container's first process (0 when it is not running).
+    pub async fn pid(&self, id: &str) -> Result<u32, DockerError> {
+        let info = self.inspect(id).await?;
+        Ok(info
+            .state
+            .and_then(|s| s.pid)
+            .and_then(|p| u32::try_from(p).ok())
+            .unwrap_or(0))
     }
 
     pub async fn inspect(&self, id: &str) -> Result<ContainerInspectResponse, DockerError> {
@@ -221,6 +233,7 @@ impl Runtime {
                 ipc_mode: Some(ns),
                 nano_cpus: spec.nano_cpus,
                 memory: spec.memory,
+                binds: Some(spec.binds.clone()),
                 ..Default::default()
             }),
             ..Default::default()

@@ -7,6 +7,7 @@
 pub mod docker;
 
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,12 +17,30 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use serde_json::{Value, json};
 
+use crate::network::PodNetwork;
 use skiff_common::quantity::{int_quantity, milli_cpu, parse_quantity};
 
 use docker::{
     DockerError, LABEL_CONTAINER, LABEL_POD_UID, LABEL_RESTARTS, Managed, PodRef, Runtime, SANDBOX,
     Spec,
 };
+
+/// Why a pod could not be brought up; logged, and retried on the next sync.
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
+}
+
+/// A running pod's sandbox, address and the network files its containers mount.
+struct PodNet {
+    sandbox: String,
+    ip: Ipv4Addr,
+    resolv: std::path::PathBuf,
+    hosts: std::path::PathBuf,
+}
 
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 /// Kubernetes' container restart back-off: 10 s doubling up to 5 min.
@@ -31,6 +50,7 @@ const BACKOFF_MAX: i64 = 300;
 pub struct PodManager {
     client: kube::Client,
     runtime: Runtime,
+    net: Arc<PodNetwork>,
     node: String,
     host_ip: String,
 }
@@ -60,10 +80,17 @@ fn bytes(q: &str) -> Option<i64> {
 }
 
 impl PodManager {
-    pub async fn new(client: kube::Client, node: &str, host_ip: &str) -> Result<Self, DockerError> {
+    /// Pods only run once the node's network is up: holding a `PodNetwork` is the gate.
+    pub async fn new(
+        client: kube::Client,
+        node: &str,
+        host_ip: &str,
+        net: Arc<PodNetwork>,
+    ) -> Result<Self, DockerError> {
         Ok(Self {
             client,
             runtime: Runtime::connect(node).await?,
+            net,
             node: node.to_owned(),
             host_ip: host_ip.to_owned(),
         })
@@ -121,22 +148,34 @@ impl PodManager {
                 .or_default()
                 .push(c);
         }
+        let wired = self.net.wired().await.unwrap_or_else(|e| {
+            tracing::warn!("listing pod interfaces: {e}");
+            Default::default()
+        });
+        let mut known = std::collections::HashSet::new();
         for pod in &pods {
             let uid = pod.metadata.uid.clone().unwrap_or_default();
+            known.insert(uid.clone());
             let mine = by_pod.remove(&uid).unwrap_or_default();
             let result = if pod.metadata.deletion_timestamp.is_some() {
-                self.teardown(pod, &mine).await
+                self.teardown(pod, &mine).await.map_err(PodError::from)
             } else {
-                self.ensure(pod, mine).await
+                self.ensure(pod, mine, &wired).await
             };
             if let Err(e) = result {
                 tracing::warn!(pod = ?pod.metadata.name, "{e}");
             }
         }
-        // Containers of pods that are gone from the API.
-        for (_, orphans) in by_pod {
+        // Containers and addresses of pods that are gone from the API.
+        for (uid, orphans) in by_pod {
             for c in orphans {
                 self.runtime.stop_and_remove(&c.id, 2).await?;
+            }
+            self.net.detach(&uid).await;
+        }
+        for uid in self.net.holders() {
+            if !known.contains(&uid) {
+                self.net.detach(&uid).await;
             }
         }
         Ok(())
@@ -156,6 +195,9 @@ impl PodManager {
         for s in sandboxes {
             self.runtime.stop_and_remove(&s.id, 0).await?;
         }
+        self.net
+            .detach(pod.metadata.uid.as_deref().unwrap_or_default())
+            .await;
         // Everything is stopped: let the API server remove the pod now.
         let pods: Api<Pod> = Api::namespaced(
             self.client.clone(),
@@ -178,18 +220,14 @@ impl PodManager {
         Ok(())
     }
 
-    fn spec(&self, pod: &Pod, c: &Container, restarts: u32) -> Spec {
+    fn spec(&self, pod: &Pod, c: &Container, restarts: u32, net: &PodNet) -> Spec {
         let field = |path: &str| match path {
             "metadata.name" => pod.metadata.name.clone().unwrap_or_default(),
             "metadata.namespace" => pod.metadata.namespace.clone().unwrap_or_default(),
             "metadata.uid" => pod.metadata.uid.clone().unwrap_or_default(),
             "spec.nodeName" => self.node.clone(),
             "status.hostIP" => self.host_ip.clone(),
-            "status.podIP" => pod
-                .status
-                .as_ref()
-                .and_then(|s| s.pod_ip.clone())
-                .unwrap_or_default(),
+            "status.podIP" | "status.podIPs" => net.ip.to_string(),
             _ => String::new(),
         };
         let mut env: Vec<String> = vec![format!(
@@ -226,10 +264,19 @@ impl PodManager {
             nano_cpus: limits.get("cpu").and_then(|q| nano_cpus(&q.0)),
             memory: limits.get("memory").and_then(|q| bytes(&q.0)),
             restarts,
+            binds: vec![
+                format!("{}:/etc/resolv.conf", net.resolv.display()),
+                format!("{}:/etc/hosts", net.hosts.display()),
+            ],
         }
     }
 
-    async fn ensure(&self, pod: &Pod, mine: Vec<Managed>) -> Result<(), DockerError> {
+    async fn ensure(
+        &self,
+        pod: &Pod,
+        mine: Vec<Managed>,
+        wired: &std::collections::HashSet<String>,
+    ) -> Result<(), PodError> {
         let pr = pod_ref(pod);
         let Some(spec) = pod.spec.as_ref() else {
             return Ok(());
@@ -253,20 +300,38 @@ impl PodManager {
             }
         }
         let sandbox = match newest.get(SANDBOX) {
-            Some(s) => {
-                if !s.running {
-                    self.runtime.start_existing(&s.id).await?;
+            Some(s) if s.running => s.id.clone(),
+            Some(_) => {
+                // The sandbox died and took the pod's network namespace with it: containers
+                // joined to it are cut off, so the pod starts over (as the kubelet does).
+                for c in newest.values() {
+                    self.runtime.stop_and_remove(&c.id, 0).await?;
                 }
-                s.id.clone()
+                newest.clear();
+                self.runtime.start_sandbox(&pr).await?
             }
             None => self.runtime.start_sandbox(&pr).await?,
+        };
+        let ip = match self.net.address(&pr.uid) {
+            Some(ip) if PodNetwork::is_wired(wired, &pr.uid) => ip,
+            _ => {
+                let pid = self.runtime.pid(&sandbox).await?;
+                self.net.attach(&pr.uid, pid).await?
+            }
+        };
+        let (resolv, hosts) = self.net.pod_files(pod, ip)?;
+        let net = PodNet {
+            sandbox: sandbox.clone(),
+            ip,
+            resolv,
+            hosts,
         };
         let mut statuses = Vec::new();
         for c in &spec.containers {
             let status = match newest.get(&c.name) {
                 None => match self
                     .runtime
-                    .start_container(&pr, &sandbox, &self.spec(pod, c, 0))
+                    .start_container(&pr, &sandbox, &self.spec(pod, c, 0, &net))
                     .await
                 {
                     Ok(_) => {
@@ -278,11 +343,11 @@ impl PodManager {
                                      "state": {"waiting": {"reason": if matches!(e, DockerError::ImageMissing(_)) { "ErrImageNeverPull" } else { "CreateContainerError" }, "message": e.to_string()}}})
                     }
                 },
-                Some(m) => self.observe(pod, c, m, &sandbox, policy, &pr).await?,
+                Some(m) => self.observe(pod, c, m, policy, &pr, &net).await?,
             };
             statuses.push(status);
         }
-        self.report(pod, statuses, policy).await;
+        self.report(pod, statuses, policy, ip).await;
         Ok(())
     }
 
@@ -292,9 +357,9 @@ impl PodManager {
         pod: &Pod,
         c: &Container,
         m: &Managed,
-        sandbox: &str,
         policy: &str,
         pr: &PodRef,
+        net: &PodNet,
     ) -> Result<Value, DockerError> {
         let restarts: u32 = m.label(LABEL_RESTARTS).parse().unwrap_or(0);
         let info = self.runtime.inspect(&m.id).await?;
@@ -343,7 +408,7 @@ impl PodManager {
             return Ok(s);
         }
         self.runtime
-            .start_container(pr, sandbox, &self.spec(pod, c, restarts + 1))
+            .start_container(pr, &net.sandbox, &self.spec(pod, c, restarts + 1, net))
             .await?;
         self.runtime.remove(&m.id).await?;
         let mut s = base(
@@ -356,7 +421,7 @@ impl PodManager {
         Ok(s)
     }
 
-    async fn report(&self, pod: &Pod, statuses: Vec<Value>, policy: &str) {
+    async fn report(&self, pod: &Pod, statuses: Vec<Value>, policy: &str, ip: Ipv4Addr) {
         let all_running = statuses
             .iter()
             .all(|s| s.pointer("/state/running").is_some());
@@ -409,13 +474,15 @@ impl PodManager {
             "phase": phase,
             "hostIP": self.host_ip,
             "hostIPs": [{"ip": self.host_ip}],
+            "podIP": ip.to_string(),
+            "podIPs": [{"ip": ip.to_string()}],
             "startTime": old.and_then(|s| s.start_time.as_ref()).map(|t| t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_else(|| t.clone()),
             "conditions": [cond("Initialized", true), cond("Ready", ready), cond("ContainersReady", ready), cond("PodScheduled", true)],
             "containerStatuses": statuses,
         });
         // Only write when something a reader would see changed.
         let current = serde_json::to_value(old).unwrap_or(Value::Null);
-        let changed = ["phase", "hostIP", "containerStatuses"]
+        let changed = ["phase", "hostIP", "podIP", "containerStatuses"]
             .iter()
             .any(|k| current.get(*k) != status.get(*k))
             || current.get("conditions").map(|c| c.to_string())

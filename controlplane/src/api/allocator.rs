@@ -874,6 +874,9 @@ fn node_ports_without_hc(svc: &Value) -> BTreeSet<u16> {
 /// first address) and `kube-dns` in `kube-system` (on the cluster DNS address, which no other
 /// Service may take), plus the `kubernetes` Service's Endpoints and EndpointSlice pointing at
 /// this controlplane. Runs at every start: the API port may have changed.
+/// kube-system ConfigMap holding the cluster's network settings for node agents.
+pub const CLUSTER_CONFIGMAP: &str = "skiff-cluster";
+
 pub async fn bootstrap_services(api: &Api, settings: &Settings) -> ApiResult<()> {
     let (host, port) = api
         .advertise
@@ -899,6 +902,17 @@ pub async fn bootstrap_services(api: &Api, settings: &Settings) -> ApiResult<()>
                            {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]},
     });
     upsert(api, "services", "kube-system", dns, &[]).await?;
+    // What every node agent needs to know about the cluster's networks (kubeadm keeps the
+    // same facts in kube-system/kubeadm-config).
+    let cluster = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": CLUSTER_CONFIGMAP, "namespace": "kube-system"},
+        "data": {"clusterCIDR": settings.cluster_cidr.to_string(),
+                 "serviceCIDR": settings.service_cidr.to_string(),
+                 "clusterDNS": settings.cluster_dns.to_string(),
+                 "clusterDomain": "cluster.local"},
+    });
+    upsert(api, "configmaps", "kube-system", cluster, &["/data"]).await?;
     if host.parse::<Ipv4Addr>().is_ok() {
         let endpoints = json!({
             "apiVersion": "v1", "kind": "Endpoints",

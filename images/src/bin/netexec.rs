@@ -1,6 +1,9 @@
 //! A network test server in the spirit of Kubernetes' agnhost netexec:
 //! HTTP (default 8080): /hostname, /clientip, /echo?msg=, /healthz;
 //! UDP (default 8081): "hostname" -> hostname, "clientip" -> ip:port, "echo X" -> X.
+//!
+//! `netexec dial-udp HOST:PORT MSG` is the image's UDP client (busybox's nc has no UDP mode):
+//! one datagram out, the reply printed.
 
 use std::net::SocketAddr;
 
@@ -50,8 +53,42 @@ async fn udp(port: u16) -> std::io::Result<()> {
     }
 }
 
+/// `netexec dial-udp HOST:PORT MESSAGE`: one datagram, the reply on stdout (3 s to answer).
+fn dial_udp(args: &[String]) -> i32 {
+    let [addr, msg] = args else {
+        eprintln!("usage: netexec dial-udp HOST:PORT MESSAGE");
+        return 2;
+    };
+    let run = || -> std::io::Result<String> {
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        sock.set_read_timeout(Some(std::time::Duration::from_secs(3)))?;
+        sock.send_to(msg.as_bytes(), addr.as_str())?;
+        let mut buf = [0u8; 65_536];
+        let (n, _) = sock.recv_from(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    match run() {
+        Ok(reply) => {
+            println!("{reply}");
+            0
+        }
+        Err(e) => {
+            eprintln!("netexec dial-udp {addr}: {e}");
+            1
+        }
+    }
+}
+
+fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("dial-udp") {
+        std::process::exit(dial_udp(&argv[2..]));
+    }
+    serve();
+}
+
 #[tokio::main]
-async fn main() {
+async fn serve() {
     let args = Args::parse();
     let app = Router::new()
         .route("/hostname", get(|| async { hostname() }))

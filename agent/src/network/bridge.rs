@@ -1,0 +1,232 @@
+//! The node's pod bridge `skiff0` and one veth pair per pod: the host end on the bridge with
+//! hairpin on (a pod reaching itself through a Service), the other end moved into the pod's
+//! network namespace as `eth0` with the pod's address and a default route via the bridge.
+
+use std::net::Ipv4Addr;
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use netlink_packet_route::address::AddressAttribute;
+use rtnetlink::{LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use super::{NetworkError, link_index};
+
+pub const BRIDGE: &str = "skiff0";
+
+/// Creates the bridge when missing and gives it the gateway address; idempotent.
+pub async fn ensure_bridge(
+    handle: &rtnetlink::Handle,
+    gateway: Ipv4Addr,
+    prefix: u8,
+    mtu: u32,
+) -> Result<u32, NetworkError> {
+    let index = match link_index(handle, BRIDGE).await? {
+        Some(i) => i,
+        None => {
+            handle
+                .link()
+                .add(LinkBridge::new(BRIDGE).mtu(mtu).build())
+                .execute()
+                .await?;
+            link_index(handle, BRIDGE)
+                .await?
+                .ok_or_else(|| NetworkError::NoSuchLink(BRIDGE.into()))?
+        }
+    };
+    let mut has = false;
+    let mut addrs = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute();
+    while let Some(a) = addrs.try_next().await? {
+        if a.attributes.iter().any(
+            |x| matches!(x, AddressAttribute::Address(std::net::IpAddr::V4(ip)) if *ip == gateway),
+        ) {
+            has = true;
+        }
+    }
+    if !has {
+        handle
+            .address()
+            .add(index, gateway.into(), prefix)
+            .replace()
+            .execute()
+            .await?;
+    }
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).mtu(mtu).up().build())
+        .execute()
+        .await?;
+    Ok(index)
+}
+
+/// The host end's name for a pod: stable per pod uid, within the 15-character limit.
+pub fn host_veth(uid: &str) -> String {
+    format!("veth{:08x}", fnv(uid))
+}
+
+fn fnv(s: &str) -> u32 {
+    s.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// What one pod's interface gets.
+pub struct PodLink {
+    pub uid: String,
+    /// PID of a process in the pod's network namespace (the sandbox).
+    pub pid: u32,
+    pub ip: Ipv4Addr,
+    pub cidr: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    pub mtu: u32,
+}
+
+/// Wires a pod into the bridge. A stale host end of the same pod is replaced.
+pub async fn wire(
+    handle: &rtnetlink::Handle,
+    bridge: u32,
+    pod: &PodLink,
+) -> Result<(), NetworkError> {
+    let host = host_veth(&pod.uid);
+    let peer = format!("tmp{:08x}", fnv(&pod.uid));
+    for stale in [&host, &peer] {
+        if let Some(i) = link_index(handle, stale).await? {
+            handle.link().del(i).execute().await?;
+        }
+    }
+    handle
+        .link()
+        .add(LinkVeth::new(&host, &peer).mtu(pod.mtu).build())
+        .execute()
+        .await?;
+    let result = async {
+        let host_index = link_index(handle, &host)
+            .await?
+            .ok_or_else(|| NetworkError::NoSuchLink(host.clone()))?;
+        let peer_index = link_index(handle, &peer)
+            .await?
+            .ok_or_else(|| NetworkError::NoSuchLink(peer.clone()))?;
+        handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(host_index)
+                    .controller(bridge)
+                    .up()
+                    .build(),
+            )
+            .execute()
+            .await?;
+        handle
+            .link()
+            .set_port(LinkBridgePort::new(host_index).hairpin(true).build())
+            .execute()
+            .await?;
+        handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(peer_index)
+                    .setns_by_pid(pod.pid)
+                    .build(),
+            )
+            .execute()
+            .await?;
+        configure_inside(
+            pod.pid,
+            peer.clone(),
+            pod.ip,
+            pod.cidr.prefix_len(),
+            pod.gateway,
+            pod.mtu,
+        )
+        .await
+    }
+    .await;
+    if result.is_err()
+        && let Ok(Some(i)) = link_index(handle, &host).await
+    {
+        // Deleting one end removes both, wherever the other went.
+        let _ = handle.link().del(i).execute().await;
+    }
+    result
+}
+
+/// Removes a pod's host end (and with it the pod's end) if it is still there.
+pub async fn unwire(handle: &rtnetlink::Handle, uid: &str) -> Result<(), NetworkError> {
+    if let Some(i) = link_index(handle, &host_veth(uid)).await? {
+        handle.link().del(i).execute().await?;
+    }
+    Ok(())
+}
+
+/// Configures the pod's end from inside its namespace. Netlink sockets belong to the namespace
+/// they were opened in, so a dedicated thread enters the pod's namespace, opens one there and
+/// ends with its work: no thread of the agent's runtime ever changes namespace.
+async fn configure_inside(
+    pid: u32,
+    tmp_name: String,
+    ip: Ipv4Addr,
+    prefix: u8,
+    gateway: Ipv4Addr,
+    mtu: u32,
+) -> Result<(), NetworkError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let result = (|| {
+            let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let (conn, handle, _) = rtnetlink::new_connection()?;
+                tokio::spawn(conn);
+                let index = link_index(&handle, &tmp_name)
+                    .await?
+                    .ok_or_else(|| NetworkError::NoSuchLink(tmp_name.clone()))?;
+                handle
+                    .link()
+                    .set(
+                        LinkUnspec::new_with_index(index)
+                            .name("eth0")
+                            .mtu(mtu)
+                            .up()
+                            .build(),
+                    )
+                    .execute()
+                    .await?;
+                handle
+                    .address()
+                    .add(index, ip.into(), prefix)
+                    .replace()
+                    .execute()
+                    .await?;
+                if let Some(lo) = link_index(&handle, "lo").await? {
+                    handle
+                        .link()
+                        .set(LinkUnspec::new_with_index(lo).up().build())
+                        .execute()
+                        .await?;
+                }
+                handle
+                    .route()
+                    .add(
+                        RouteMessageBuilder::<Ipv4Addr>::new()
+                            .gateway(gateway)
+                            .output_interface(index)
+                            .build(),
+                    )
+                    .replace()
+                    .execute()
+                    .await?;
+                Ok::<(), NetworkError>(())
+            })
+        })();
+        let _ = tx.send(result);
+    });
+    rx.await
+        .unwrap_or_else(|_| Err(NetworkError::Pod("the pod network thread died".into())))
+}

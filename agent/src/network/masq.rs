@@ -1,0 +1,109 @@
+//! iptables rules of the pod network, in chains of our own written with one
+//! `iptables-restore --noflush` (which replaces only the chains it names): pod traffic leaving
+//! the cluster is masqueraded (`--random-fully`), traffic between pods never is, and pod traffic
+//! is accepted for forwarding even where the FORWARD policy is DROP (Docker sets it so).
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use ipnet::Ipv4Net;
+
+use super::NetworkError;
+
+pub const NAT_CHAIN: &str = "SKIFF-POD-MASQ";
+pub const FORWARD_CHAIN: &str = "SKIFF-POD-FORWARD";
+
+/// The restore input for a node with `pod_cidr` in a cluster of `cluster_cidr`.
+pub fn rules(cluster_cidr: Ipv4Net, pod_cidr: Ipv4Net) -> String {
+    let c = cluster_cidr;
+    format!(
+        "*nat\n\
+         :{NAT_CHAIN} - [0:0]\n\
+         -A {NAT_CHAIN} -s {c} -d {c} -m comment --comment \"pod to pod: keep the source\" -j RETURN\n\
+         -A {NAT_CHAIN} -s {c} ! -d 224.0.0.0/4 -m comment --comment \"pod leaving the cluster\" -j MASQUERADE --random-fully\n\
+         -A {NAT_CHAIN} ! -s {c} -d {pod_cidr} -j RETURN\n\
+         -A {NAT_CHAIN} ! -s {c} -d {c} -m comment --comment \"node to remote pods, via the overlay\" -j MASQUERADE --random-fully\n\
+         COMMIT\n\
+         *filter\n\
+         :{FORWARD_CHAIN} - [0:0]\n\
+         -A {FORWARD_CHAIN} -s {c} -j ACCEPT\n\
+         -A {FORWARD_CHAIN} -d {c} -j ACCEPT\n\
+         COMMIT\n"
+    )
+}
+
+fn iptables(args: &[&str]) -> Result<bool, NetworkError> {
+    let out = Command::new("iptables")
+        .args(["-w", "5"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| NetworkError::Iptables(format!("cannot run iptables: {e}")))?;
+    Ok(out.status.success())
+}
+
+/// Writes the chains and makes sure POSTROUTING and FORWARD jump to them; idempotent.
+pub fn apply(cluster_cidr: Ipv4Net, pod_cidr: Ipv4Net) -> Result<(), NetworkError> {
+    let mut child = Command::new("iptables-restore")
+        .args(["--noflush", "-w", "5"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            NetworkError::Iptables(format!(
+                "cannot run iptables-restore: {e}; install iptables (cargo xtask setup does)"
+            ))
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(rules(cluster_cidr, pod_cidr).as_bytes())
+            .map_err(|e| NetworkError::Iptables(e.to_string()))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| NetworkError::Iptables(e.to_string()))?;
+    if !out.status.success() {
+        return Err(NetworkError::Iptables(format!(
+            "iptables-restore: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    for (table, hook, chain) in [
+        ("nat", "POSTROUTING", NAT_CHAIN),
+        ("filter", "FORWARD", FORWARD_CHAIN),
+    ] {
+        if !iptables(&["-t", table, "-C", hook, "-j", chain])?
+            && !iptables(&["-t", table, "-A", hook, "-j", chain])?
+        {
+            return Err(NetworkError::Iptables(format!(
+                "cannot add the jump from {table}/{hook} to {chain}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn pod_to_pod_is_returned_before_any_masquerade() {
+        let r = rules(
+            "10.244.0.0/16".parse().unwrap(),
+            "10.244.3.0/24".parse().unwrap(),
+        );
+        let nat: Vec<&str> = r
+            .lines()
+            .filter(|l| l.starts_with("-A SKIFF-POD-MASQ"))
+            .collect();
+        assert_eq!(nat.len(), 4);
+        assert!(nat[0].contains("-s 10.244.0.0/16 -d 10.244.0.0/16") && nat[0].ends_with("RETURN"));
+        assert!(nat[1].ends_with("MASQUERADE --random-fully"));
+        assert!(nat[2].contains("-d 10.244.3.0/24"));
+        assert_eq!(r.matches("COMMIT").count(), 2);
+    }
+}

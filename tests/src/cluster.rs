@@ -1,0 +1,580 @@
+//! Bringing a local cluster up and down (see the crate docs for the layout).
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+const CLAIMS: &str = "/run/skiff/underlays";
+const API_PORT: u16 = 6443;
+
+/// What to bring up.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    /// 1-8 characters of [a-z0-9]; names namespaces, links and nodes.
+    pub name: String,
+    pub nodes: usize,
+    pub proxy_mode: String,
+    /// Where skiff-controlplane and skiff-agent are.
+    pub bin_dir: PathBuf,
+    /// Kubeconfig, logs, data directories and the record `down` reads.
+    pub state_dir: PathBuf,
+    /// Extra controlplane flags (tests shorten node-failure timers).
+    pub controlplane_flags: Vec<String>,
+}
+
+/// A running cluster. Dropping it brings it down unless it was detached.
+pub struct Cluster {
+    pub spec: Spec,
+    /// Third octet of the underlay 10.213.k.0/24.
+    k: u8,
+    pub kubeconfig: PathBuf,
+    detached: bool,
+}
+
+fn validate_name(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 8
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    {
+        bail!("cluster name {name:?}: use 1 to 8 characters of a-z and 0-9");
+    }
+    Ok(())
+}
+
+/// Runs a command, failing with its stderr.
+pub fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ip(args: &[&str]) -> Result<String> {
+    run(Command::new("ip").args(args))
+}
+
+/// Does 10.213.k.0/24 overlap an address or route of the host?
+fn collides(k: u8) -> bool {
+    let net = u32::from(Ipv4Addr::new(10, 213, k, 0));
+    let routes = ip(&["-4", "route", "show", "table", "all"]).unwrap_or_default();
+    let addrs = ip(&["-4", "-o", "addr", "show"]).unwrap_or_default();
+    routes
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .chain(addrs.lines().filter_map(|l| l.split_whitespace().nth(3)))
+        .filter_map(|w| {
+            let (a, len) = w.split_once('/').unwrap_or((w, "32"));
+            Some((a.parse::<Ipv4Addr>().ok()?, len.parse::<u32>().ok()?))
+        })
+        .any(|(a, len)| {
+            // Default routes (0/0) are the uplink's, not a claim on this /24.
+            if len == 0 {
+                return false;
+            }
+            let common = len.min(24);
+            let mask = u32::MAX << (32 - common);
+            (u32::from(a) & mask) == (net & mask)
+        })
+}
+
+fn claim_underlay(name: &str) -> Result<u8> {
+    std::fs::create_dir_all(CLAIMS)?;
+    for k in 0..=255u8 {
+        if collides(k) {
+            continue;
+        }
+        let path = Path::new(CLAIMS).join(k.to_string());
+        match std::fs::create_dir(&path) {
+            Ok(()) => {
+                std::fs::write(path.join("cluster"), name)?;
+                return Ok(k);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    bail!("no free 10.213.x.0/24 underlay left; bring other clusters down")
+}
+
+impl Cluster {
+    pub fn underlay_ns(&self) -> String {
+        format!("skiff-{}-ul", self.spec.name)
+    }
+    pub fn node_ns(&self, i: usize) -> String {
+        format!("skiff-{}-node{i}", self.spec.name)
+    }
+    pub fn node_name(&self, i: usize) -> String {
+        format!("{}-node{i}", self.spec.name)
+    }
+    pub fn node_ip(&self, i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(10, 213, self.k, 10 + i as u8)
+    }
+    pub fn host_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 213, self.k, 1)
+    }
+    pub fn server(&self) -> String {
+        format!("https://{}:{API_PORT}", self.host_ip())
+    }
+    fn host_link(&self) -> String {
+        format!("sk-{}", self.spec.name)
+    }
+    fn record(&self) -> PathBuf {
+        self.spec.state_dir.join("cluster.json")
+    }
+
+    /// Brings a cluster up: underlay, controlplane, one agent per node; returns once every
+    /// agent reports its network ready.
+    pub fn up(spec: Spec) -> Result<Self> {
+        validate_name(&spec.name)?;
+        if spec.nodes == 0 || spec.nodes > 50 {
+            bail!("--nodes must be between 1 and 50");
+        }
+        std::fs::create_dir_all(&spec.state_dir)?;
+        let record = spec.state_dir.join("cluster.json");
+        if record.exists() {
+            bail!(
+                "cluster {} already exists (state in {}); bring it down first",
+                spec.name,
+                spec.state_dir.display()
+            );
+        }
+        let k = claim_underlay(&spec.name)?;
+        let cluster = Self {
+            kubeconfig: spec.state_dir.join("controlplane/admin.kubeconfig"),
+            spec,
+            k,
+            detached: false,
+        };
+        cluster.save(&[])?;
+        // From here on, Drop cleans up whatever a failure leaves behind.
+        cluster.wire()?;
+        cluster.start_controlplane()?;
+        for i in 1..=cluster.spec.nodes {
+            cluster.start_agent(i)?;
+        }
+        for i in 1..=cluster.spec.nodes {
+            cluster.wait_agent_ready(i)?;
+        }
+        Ok(cluster)
+    }
+
+    fn wire(&self) -> Result<()> {
+        let ul = self.underlay_ns();
+        ip(&["netns", "add", &ul])?;
+        ip(&["-n", &ul, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &ul, "link", "set", "br0", "up"])?;
+        ip(&["-n", &ul, "link", "set", "lo", "up"])?;
+        let host = self.host_link();
+        ip(&[
+            "link", "add", &host, "type", "veth", "peer", "name", "cp", "netns", &ul,
+        ])?;
+        ip(&["-n", &ul, "link", "set", "cp", "master", "br0", "up"])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", self.host_ip()),
+            "dev",
+            &host,
+        ])?;
+        ip(&["link", "set", &host, "up"])?;
+        for i in 1..=self.spec.nodes {
+            let ns = self.node_ns(i);
+            ip(&["netns", "add", &ns])?;
+            let port = format!("n{i}");
+            ip(&[
+                "-n", &ul, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+                &ns,
+            ])?;
+            ip(&["-n", &ul, "link", "set", &port, "master", "br0", "up"])?;
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/24", self.node_ip(i)),
+                "dev",
+                "eth0",
+            ])?;
+            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(())
+    }
+
+    fn save(&self, procs: &[(String, u32)]) -> Result<()> {
+        let rec = json!({
+            "name": self.spec.name, "nodes": self.spec.nodes, "underlay": self.k,
+            "proxyMode": self.spec.proxy_mode, "binDir": self.spec.bin_dir,
+            "kubeconfig": self.kubeconfig,
+            "procs": procs.iter().map(|(r, p)| json!({"role": r, "pid": p})).collect::<Vec<_>>(),
+        });
+        std::fs::write(self.record(), serde_json::to_vec_pretty(&rec)?)?;
+        Ok(())
+    }
+
+    fn procs(&self) -> Vec<(String, u32)> {
+        read_record(&self.record())
+            .ok()
+            .and_then(|r| r.get("procs").cloned())
+            .and_then(|p| p.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|p| {
+                Some((
+                    p.get("role")?.as_str()?.to_owned(),
+                    u32::try_from(p.get("pid")?.as_u64()?).ok()?,
+                ))
+            })
+            .collect()
+    }
+
+    fn set_proc(&self, role: &str, pid: Option<u32>) -> Result<()> {
+        let mut procs: Vec<_> = self
+            .procs()
+            .into_iter()
+            .filter(|(r, _)| r != role)
+            .collect();
+        if let Some(p) = pid {
+            procs.push((role.to_owned(), p));
+        }
+        self.save(&procs)
+    }
+
+    /// Starts a long-running process detached from us (its own process group, output to
+    /// `<role>.log`) so that it outlives `cargo xtask cluster up`.
+    fn spawn(&self, role: &str, cmd: &mut Command) -> Result<u32> {
+        use std::os::unix::process::CommandExt;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log(role))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("cannot start {cmd:?}"))?;
+        self.set_proc(role, Some(child.id()))?;
+        Ok(child.id())
+    }
+
+    pub fn log(&self, role: &str) -> PathBuf {
+        self.spec.state_dir.join(format!("{role}.log"))
+    }
+
+    fn wait_log(&self, role: &str, needle: &str, secs: u64) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let pid = self
+            .procs()
+            .into_iter()
+            .find(|(r, _)| r == role)
+            .map(|(_, p)| p);
+        while Instant::now() < deadline {
+            let text = std::fs::read_to_string(self.log(role)).unwrap_or_default();
+            if text.contains(needle) {
+                return Ok(());
+            }
+            if let Some(p) = pid
+                && !Path::new(&format!("/proc/{p}")).exists()
+            {
+                bail!("{role} exited; its log:\n{}", tail(&text, 30));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let text = std::fs::read_to_string(self.log(role)).unwrap_or_default();
+        bail!(
+            "{role} not ready after {secs} s; its log:\n{}",
+            tail(&text, 30)
+        )
+    }
+
+    fn start_controlplane(&self) -> Result<()> {
+        let dir = self.spec.state_dir.join("controlplane");
+        let mut cmd = Command::new(self.spec.bin_dir.join("skiff-controlplane"));
+        cmd.arg("--data-dir")
+            .arg(&dir)
+            .args(["--listen", &format!("{}:{API_PORT}", self.host_ip())])
+            .args(&self.spec.controlplane_flags);
+        self.spawn("controlplane", &mut cmd)?;
+        self.wait_log("controlplane", "ready on", 30)
+    }
+
+    /// Starts node `i`'s agent inside its namespace (again, after `stop_agent`).
+    pub fn start_agent(&self, i: usize) -> Result<()> {
+        let cp = self.spec.state_dir.join("controlplane");
+        let role = format!("node{i}");
+        let _ = std::fs::write(self.log(&role), "");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.node_ns(i)])
+            .arg(self.spec.bin_dir.join("skiff-agent"))
+            .args([
+                "--server",
+                &self.server(),
+                "--node-name",
+                &self.node_name(i),
+            ])
+            .args(["--iface", "eth0", "--proxy-mode", &self.spec.proxy_mode])
+            .arg("--token-file")
+            .arg(cp.join("node-token"))
+            .arg("--ca-file")
+            .arg(cp.join("pki/ca.crt"))
+            .arg("--data-dir")
+            .arg(self.spec.state_dir.join(&role));
+        self.spawn(&role, &mut cmd)?;
+        Ok(())
+    }
+
+    pub fn wait_agent_ready(&self, i: usize) -> Result<()> {
+        self.wait_log(&format!("node{i}"), "skiff-agent ready", 60)
+    }
+
+    /// Stops node `i`'s agent (SIGTERM, by its pid); its pods keep running.
+    pub fn stop_agent(&self, i: usize) -> Result<()> {
+        let role = format!("node{i}");
+        if let Some((_, pid)) = self.procs().into_iter().find(|(r, _)| *r == role) {
+            stop_pid(pid, "skiff-agent");
+        }
+        self.set_proc(&role, None)
+    }
+
+    /// Takes node `i` off the cluster as a crash would: its agent is killed, its pods'
+    /// containers removed and its namespace deleted.
+    pub fn destroy_node(&self, i: usize) -> Result<()> {
+        let role = format!("node{i}");
+        if let Some((_, pid)) = self.procs().into_iter().find(|(r, _)| *r == role) {
+            kill_pid(pid, "skiff-agent", true);
+        }
+        self.set_proc(&role, None)?;
+        remove_containers(&self.node_name(i));
+        let _ = ip(&["netns", "del", &self.node_ns(i)]);
+        Ok(())
+    }
+
+    /// A command run inside node `i`'s network namespace.
+    pub fn in_node(&self, i: usize, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.node_ns(i), program]);
+        cmd
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> Result<String> {
+        self.kubectl_in(args, None)
+    }
+
+    pub fn kubectl_in(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
+        let mut child = Command::new("kubectl")
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot run kubectl")?;
+        if let Some(s) = stdin
+            && let Some(mut i) = child.stdin.take()
+        {
+            i.write_all(s.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The last lines of every process log, for failure reports.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for role in std::iter::once("controlplane".to_owned())
+            .chain((1..=self.spec.nodes).map(|i| format!("node{i}")))
+        {
+            let text = std::fs::read_to_string(self.log(&role)).unwrap_or_default();
+            out.push_str(&format!("--- {role}\n{}\n", tail(&text, 40)));
+        }
+        out
+    }
+
+    /// Leaves the cluster running after this value is gone (`cargo xtask cluster up`).
+    pub fn detach(mut self) {
+        self.detached = true;
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // For a developer looking into a failed test: keep it, say where it is.
+        if std::thread::panicking() && std::env::var_os("SKIFF_E2E_KEEP").is_some() {
+            eprintln!(
+                "SKIFF_E2E_KEEP: cluster {} left running; KUBECONFIG={}; remove it with: cargo xtask cluster down --state {}",
+                self.spec.name,
+                self.kubeconfig.display(),
+                self.spec.state_dir.display()
+            );
+            return;
+        }
+        if !self.detached
+            && let Err(e) = down(&self.spec.state_dir)
+        {
+            eprintln!("bringing cluster {} down: {e:#}", self.spec.name);
+        }
+    }
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn read_record(path: &Path) -> Result<Value> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("no cluster recorded at {}", path.display()))?;
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+/// Is `pid` still the process we started (not a reused pid)?
+fn is_ours(pid: u32, program: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains(program))
+        .unwrap_or(false)
+}
+
+fn kill_pid(pid: u32, program: &str, hard: bool) {
+    if is_ours(pid, program) {
+        let _ = Command::new("kill")
+            .args([if hard { "-KILL" } else { "-TERM" }, &pid.to_string()])
+            .status();
+    }
+}
+
+/// SIGTERM, then SIGKILL if the process is still there after 10 s.
+fn stop_pid(pid: u32, program: &str) {
+    kill_pid(pid, program, false);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while is_ours(pid, program) && Instant::now() < deadline {
+        // Reap it if it is our child; otherwise just wait for it to go.
+        std::thread::sleep(Duration::from_millis(50));
+        if std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z ")) {
+            break;
+        }
+    }
+    kill_pid(pid, program, true);
+}
+
+/// Removes the containers the agent of `node` made, by their label.
+pub fn remove_containers(node: &str) {
+    let ids = run(Command::new("docker").args([
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=skiff.io/node={node}"),
+    ]))
+    .unwrap_or_default();
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    if !ids.is_empty() {
+        let _ = run(Command::new("docker").args(["rm", "-f"]).args(&ids));
+    }
+}
+
+/// Brings down the cluster recorded in `state_dir`: processes (by pid), pod containers (by
+/// label), namespaces and the host link (by name), the underlay claim, then the state itself.
+pub fn down(state_dir: &Path) -> Result<()> {
+    let rec = read_record(&state_dir.join("cluster.json"))?;
+    let name = rec["name"].as_str().unwrap_or_default().to_owned();
+    validate_name(&name)?;
+    let nodes = rec["nodes"].as_u64().unwrap_or(0) as usize;
+    let k = rec["underlay"].as_u64().unwrap_or(256);
+    // Agents first (pods must not be recreated while we remove them), then the controlplane.
+    let procs = rec["procs"].as_array().cloned().unwrap_or_default();
+    let mut ordered: Vec<(String, u32)> = procs
+        .iter()
+        .filter_map(|p| {
+            Some((
+                p["role"].as_str()?.to_owned(),
+                u32::try_from(p["pid"].as_u64()?).ok()?,
+            ))
+        })
+        .collect();
+    ordered.sort_by_key(|(r, _)| r == "controlplane");
+    for (role, pid) in ordered {
+        let program = if role == "controlplane" {
+            "skiff-controlplane"
+        } else {
+            "skiff-agent"
+        };
+        stop_pid(pid, program);
+    }
+    for i in 1..=nodes {
+        remove_containers(&format!("{name}-node{i}"));
+        let _ = ip(&["netns", "del", &format!("skiff-{name}-node{i}")]);
+    }
+    let _ = ip(&["link", "del", &format!("sk-{name}")]);
+    let _ = ip(&["netns", "del", &format!("skiff-{name}-ul")]);
+    if k < 256 {
+        let claim = Path::new(CLAIMS).join(k.to_string());
+        if std::fs::read_to_string(claim.join("cluster")).is_ok_and(|c| c == name) {
+            let _ = std::fs::remove_dir_all(claim);
+        }
+    }
+    std::fs::remove_dir_all(state_dir)
+        .with_context(|| format!("removing {}", state_dir.display()))?;
+    Ok(())
+}
+
+/// One line per process and node of the cluster recorded in `state_dir`.
+pub fn status(state_dir: &Path) -> Result<String> {
+    let rec = read_record(&state_dir.join("cluster.json"))?;
+    let mut out = format!(
+        "cluster {} (underlay 10.213.{}.0/24)\nKUBECONFIG={}\n",
+        rec["name"].as_str().unwrap_or_default(),
+        rec["underlay"],
+        rec["kubeconfig"].as_str().unwrap_or_default()
+    );
+    for p in rec["procs"].as_array().cloned().unwrap_or_default() {
+        let role = p["role"].as_str().unwrap_or_default();
+        let pid = p["pid"].as_u64().unwrap_or(0);
+        let program = if role == "controlplane" {
+            "skiff-controlplane"
+        } else {
+            "skiff-agent"
+        };
+        let alive = u32::try_from(pid).is_ok_and(|p| is_ours(p, program));
+        out.push_str(&format!(
+            "{role:<14} pid {pid:<8} {}\n",
+            if alive { "running" } else { "not running" }
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_short_and_plain() {
+        assert!(validate_name("skiff").is_ok());
+        assert!(validate_name("a1").is_ok());
+        for bad in ["", "toolongname", "Up", "a-b", "a b"] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! `cargo xtask cluster up|down|status`: local clusters whose state lives under
+//! target/cluster/<name>.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Subcommand, ValueEnum};
+use skiff_e2e::cluster::{Cluster, Spec};
+
+use crate::{cargo, root, sh};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ProxyMode {
+    Iptables,
+    Ebpf,
+}
+
+#[derive(Subcommand)]
+pub enum Action {
+    /// Builds (release), then starts a controlplane and one agent per node; prints KUBECONFIG=<path>.
+    Up {
+        #[arg(long, default_value = "skiff")]
+        name: String,
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+        #[arg(long, value_enum, default_value = "iptables")]
+        proxy_mode: ProxyMode,
+    },
+    /// Stops every process and removes every namespace, link and container of the cluster.
+    Down {
+        #[arg(long, default_value = "skiff")]
+        name: String,
+        /// The cluster's state directory, for clusters kept by a failed test (SKIFF_E2E_KEEP=1).
+        #[arg(long, value_name = "DIR")]
+        state: Option<PathBuf>,
+    },
+    /// Processes of the cluster and whether they run.
+    Status {
+        #[arg(long, default_value = "skiff")]
+        name: String,
+    },
+}
+
+pub fn state_dir(name: &str) -> PathBuf {
+    root().join("target/cluster").join(name)
+}
+
+pub fn run(action: Action) -> Result<()> {
+    match action {
+        Action::Up {
+            name,
+            nodes,
+            proxy_mode,
+        } => {
+            let c = up(&name, nodes, proxy_mode)?;
+            println!("KUBECONFIG={}", c.kubeconfig.display());
+            c.detach();
+            Ok(())
+        }
+        Action::Down { name, state } => {
+            skiff_e2e::cluster::down(&state.unwrap_or_else(|| state_dir(&name)))
+        }
+        Action::Status { name } => {
+            print!("{}", skiff_e2e::cluster::status(&state_dir(&name))?);
+            Ok(())
+        }
+    }
+}
+
+/// Installs what is missing, builds release binaries and images, and brings the cluster up.
+pub fn up(name: &str, nodes: usize, mode: ProxyMode) -> Result<Cluster> {
+    crate::setup::run()?;
+    sh(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "skiff-controlplane",
+        "-p",
+        "skiff-agent",
+    ]))?;
+    crate::image::run(true)?;
+    let mode = match mode {
+        ProxyMode::Iptables => "iptables",
+        ProxyMode::Ebpf => "ebpf",
+    };
+    Cluster::up(Spec {
+        name: name.to_owned(),
+        nodes,
+        proxy_mode: mode.to_owned(),
+        bin_dir: root().join("target/release"),
+        state_dir: state_dir(name),
+        controlplane_flags: Vec::new(),
+    })
+}

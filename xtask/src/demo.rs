@@ -1,0 +1,112 @@
+//! `cargo xtask demo`: the first run. Brings up a local two-node cluster, deploys netexec
+//! behind a Service and shows pods on both nodes talking to each other by pod IP.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::cluster::{ProxyMode, state_dir};
+
+const NAME: &str = "demo";
+
+const APP: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: netexec}
+spec:
+  replicas: 4
+  selector: {matchLabels: {app: netexec}}
+  template:
+    metadata: {labels: {app: netexec}}
+    spec:
+      containers:
+      - name: netexec
+        image: skiff.local/netexec:latest
+        imagePullPolicy: Never
+        ports: [{containerPort: 8080, name: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: netexec}
+spec:
+  selector: {app: netexec}
+  ports: [{port: 80, targetPort: http}]
+"#;
+
+pub fn run() -> Result<()> {
+    if state_dir(NAME).join("cluster.json").exists() {
+        eprintln!("demo: removing the previous demo cluster");
+        skiff_e2e::cluster::down(&state_dir(NAME))?;
+    }
+    let c = crate::cluster::up(NAME, 2, ProxyMode::Iptables)?;
+    println!(
+        "\n$ kubectl get nodes -o wide\n{}",
+        c.kubectl(&["get", "nodes", "-o", "wide"])?
+    );
+    c.kubectl_in(&["apply", "-f", "-"], Some(APP))?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let pods = loop {
+        let list: Value = serde_json::from_str(&c.kubectl(&[
+            "get",
+            "pods",
+            "-l",
+            "app=netexec",
+            "-o",
+            "json",
+        ])?)?;
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        let ready = items
+            .iter()
+            .filter(|p| p["status"]["podIP"].is_string() && p["status"]["phase"] == "Running")
+            .count();
+        if ready == 4 {
+            break items;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the demo pods did not start within 120 s; see {}",
+                state_dir(NAME).display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    println!(
+        "$ kubectl get deploy,svc,pods -o wide\n{}",
+        c.kubectl(&["get", "deploy,svc,pods", "-o", "wide"])?
+    );
+    println!(
+        "Traffic between pods, across nodes, through the VXLAN overlay (no NAT: each server sees the client's pod IP):"
+    );
+    let first = &pods[0];
+    let client = first["status"]["containerStatuses"][0]["containerID"]
+        .as_str()
+        .unwrap_or_default()
+        .trim_start_matches("docker://")
+        .to_owned();
+    for p in &pods[1..] {
+        let url = format!(
+            "http://{}:8080",
+            p["status"]["podIP"].as_str().unwrap_or_default()
+        );
+        let script =
+            format!("echo \"$(wget -qO- {url}/hostname) saw $(wget -qO- {url}/clientip)\"");
+        let out = skiff_e2e::cluster::run(
+            std::process::Command::new("docker").args(["exec", &client, "sh", "-c", &script]),
+        )
+        .with_context(|| format!("request to {url}"))?;
+        println!(
+            "  {} ({} on {}) -> {url}: {}",
+            first["metadata"]["name"].as_str().unwrap_or_default(),
+            first["status"]["podIP"].as_str().unwrap_or_default(),
+            first["spec"]["nodeName"].as_str().unwrap_or_default(),
+            out.trim()
+        );
+    }
+    println!(
+        "\nThe cluster keeps running. Try:\n  export KUBECONFIG={}\n  kubectl get pods -o wide\nand remove it with: cargo xtask cluster down --name {NAME}",
+        c.kubeconfig.display()
+    );
+    c.detach();
+    Ok(())
+}
