@@ -27,6 +27,16 @@ pub enum Which {
         #[arg(long, default_value_t = 100)]
         watchers: usize,
     },
+    /// Pod network: iperf3 pod to pod on one node, across nodes (VXLAN) and node to node on a
+    /// local two-node cluster, in one run; pod startup latency on one node.
+    Overlay {
+        /// Pods started at once for the startup latency.
+        #[arg(long, default_value_t = 50)]
+        pods: usize,
+        /// Seconds per iperf3 run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
     /// Scheduler: pods/s bound with 1,000 and 5,000 fake nodes.
     Scheduler {
         /// Number of pods to schedule per node count.
@@ -40,6 +50,7 @@ pub enum Which {
 
 pub fn run(which: Which) -> Result<()> {
     match which {
+        Which::Overlay { pods, seconds } => overlay(pods, seconds),
         Which::Api { pods, watchers } => api(pods, watchers),
         Which::Scheduler { pods, nodes } => scheduler(pods, &nodes),
     }
@@ -535,4 +546,232 @@ async fn scheduler_inner(cp: &Controlplane, nodes: usize, pods: usize) -> Result
         "drain_per_s": (pods as u64 - bound_at_create_end) as f64 / (secs - create_s).max(1e-9),
         "rss_mib": rss as f64 / 1024.0,
     }))
+}
+
+/// Bits per second an iperf3 client measured (its JSON report), or the reason it failed.
+fn iperf3_client(mut cmd: Command) -> Result<f64> {
+    let out = cmd
+        .output()
+        .context("cannot run iperf3 (cargo xtask setup installs it)")?;
+    let report: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "iperf3 printed no report: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    if let Some(e) = report["error"].as_str() {
+        bail!("iperf3: {e}");
+    }
+    report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3 report without end.sum_received")
+}
+
+/// One single-stream TCP run: a one-shot server started by `server`, a client by `client`.
+fn iperf3_pair(mut server: Command, client: Command) -> Result<f64> {
+    let mut srv = server
+        .args(["-s", "-1", "-p", "5201"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start the iperf3 server")?;
+    std::thread::sleep(Duration::from_millis(500));
+    let result = iperf3_client(client);
+    let _ = srv.kill();
+    let _ = srv.wait();
+    result
+}
+
+/// A command run inside the network namespace of the process `pid` (a pod's container).
+fn in_netns_of(pid: &str, program: &str) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.args(["-t", pid, "-n", program]);
+    cmd
+}
+
+fn container_pid(c: &skiff_e2e::cluster::Cluster, pod: &str) -> Result<String> {
+    let id = c.kubectl(&[
+        "get",
+        "pod",
+        pod,
+        "-o",
+        "jsonpath={.status.containerStatuses[0].containerID}",
+    ])?;
+    let id = id.trim_start_matches("docker://").to_owned();
+    Ok(skiff_e2e::cluster::run(Command::new("docker").args([
+        "inspect",
+        "-f",
+        "{{.State.Pid}}",
+        &id,
+    ]))?
+    .trim()
+    .to_owned())
+}
+
+fn pinned_pod(name: &str, node: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"bench": "overlay"}},
+           "spec": {"nodeSelector": {"kubernetes.io/hostname": node},
+                    "containers": [{"name": "netexec", "image": "skiff.local/netexec:latest", "imagePullPolicy": "Never"}]}})
+}
+
+/// Waits until every pod matching `selector` runs and is Ready; returns when each was first
+/// seen so (seconds since `t0`), by name.
+fn wait_ready(
+    c: &skiff_e2e::cluster::Cluster,
+    selector: &str,
+    count: usize,
+    t0: Instant,
+    limit: Duration,
+) -> Result<std::collections::BTreeMap<String, f64>> {
+    let mut seen = std::collections::BTreeMap::new();
+    while seen.len() < count {
+        if t0.elapsed() > limit {
+            bail!("{} of {count} pods ready after {limit:?}", seen.len());
+        }
+        let list: Value =
+            serde_json::from_str(&c.kubectl(&["get", "pods", "-l", selector, "-o", "json"])?)?;
+        let now = t0.elapsed().as_secs_f64();
+        for p in list["items"].as_array().into_iter().flatten() {
+            let ready = p["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            if ready {
+                let name = p["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                seen.entry(name).or_insert(now);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(seen)
+}
+
+fn overlay(startup_pods: usize, seconds: u64) -> Result<()> {
+    let name = "bench";
+    if crate::cluster::state_dir(name)
+        .join("cluster.json")
+        .exists()
+    {
+        skiff_e2e::cluster::down(&crate::cluster::state_dir(name))?;
+    }
+    let c = crate::cluster::up(name, 2, crate::cluster::ProxyMode::Iptables)?;
+    let (n1, n2) = (c.node_name(1), c.node_name(2));
+    let pods = json!({"apiVersion": "v1", "kind": "List", "items": [
+        pinned_pod("server", &n1), pinned_pod("client-same-node", &n1), pinned_pod("client-other-node", &n2)]});
+    c.kubectl_in(&["apply", "-f", "-"], Some(&pods.to_string()))?;
+    wait_ready(
+        &c,
+        "bench=overlay",
+        3,
+        Instant::now(),
+        Duration::from_secs(120),
+    )?;
+    let server_ip = c.kubectl(&["get", "pod", "server", "-o", "jsonpath={.status.podIP}"])?;
+    let (srv, same, other) = (
+        container_pid(&c, "server")?,
+        container_pid(&c, "client-same-node")?,
+        container_pid(&c, "client-other-node")?,
+    );
+    let secs = seconds.to_string();
+    let client = |mut cmd: Command, target: &str| {
+        cmd.args(["-c", target, "-p", "5201", "-t", &secs, "-J"]);
+        cmd
+    };
+    // Interleaved rounds, so that the machine's noise hits every path alike.
+    let mut runs: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
+    for round in 0..3 {
+        eprintln!("bench overlay: round {}", round + 1);
+        let underlay = iperf3_pair(
+            c.in_node(1, "iperf3"),
+            client(c.in_node(2, "iperf3"), &c.node_ip(1).to_string()),
+        )?;
+        let same_node = iperf3_pair(
+            in_netns_of(&srv, "iperf3"),
+            client(in_netns_of(&same, "iperf3"), &server_ip),
+        )?;
+        let cross = iperf3_pair(
+            in_netns_of(&srv, "iperf3"),
+            client(in_netns_of(&other, "iperf3"), &server_ip),
+        )?;
+        runs.entry("underlay").or_default().push(underlay / 1e9);
+        runs.entry("same_node").or_default().push(same_node / 1e9);
+        runs.entry("cross_node").or_default().push(cross / 1e9);
+    }
+    let median = |v: &[f64]| {
+        let mut s = v.to_vec();
+        s.sort_by(f64::total_cmp);
+        percentile(&s, 0.5)
+    };
+    let (u, s, x) = (
+        median(&runs["underlay"]),
+        median(&runs["same_node"]),
+        median(&runs["cross_node"]),
+    );
+
+    // Pod startup: `startup_pods` pods created at once on one node, each timed from the
+    // create call to its Ready condition.
+    let burst: Vec<Value> = (0..startup_pods)
+        .map(|i| {
+            let mut p = pinned_pod(&format!("start-{i}"), &n1);
+            p["metadata"]["labels"] = json!({"bench": "startup"});
+            p
+        })
+        .collect();
+    let t0 = Instant::now();
+    c.kubectl_in(
+        &["apply", "-f", "-"],
+        Some(&json!({"apiVersion": "v1", "kind": "List", "items": burst}).to_string()),
+    )?;
+    let ready = wait_ready(
+        &c,
+        "bench=startup",
+        startup_pods,
+        t0,
+        Duration::from_secs(300),
+    )?;
+    let mut lat: Vec<f64> = ready.values().copied().collect();
+    lat.sort_by(f64::total_cmp);
+    let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
+
+    let result = json!({
+        "iperf3_seconds_per_run": seconds, "rounds": 3,
+        "gbit_per_s": {"underlay": runs["underlay"], "same_node": runs["same_node"], "cross_node": runs["cross_node"]},
+        "median_gbit_per_s": {"underlay": u, "same_node": s, "cross_node": x},
+        "cross_node_vs_underlay": x / u,
+        "same_node_vs_underlay": s / u,
+        "startup": {"pods": startup_pods, "p50_s": p50, "p99_s": p99, "samples_s": lat},
+    });
+    let dir = out_dir()?;
+    std::fs::write(
+        dir.join("overlay.json"),
+        serde_json::to_string_pretty(&result)?,
+    )?;
+    let bars = [
+        ("underlay Gbit/s", u, 0.0),
+        ("same node Gbit/s", s, 0.0),
+        ("cross node Gbit/s", x, 0.90 * u),
+        ("startup p50 s", p50, 0.0),
+        ("startup p99 s", p99, 2.0),
+    ];
+    std::fs::write(
+        dir.join("overlay.svg"),
+        svg_bars("skiff pod network (iperf3, one TCP stream)", &bars),
+    )?;
+    println!("| path | Gbit/s (median of 3) | vs underlay |");
+    println!("|---|---|---|");
+    println!("| node to node (underlay) | {u:.2} | 1.00 |");
+    println!("| pod to pod, same node | {s:.2} | {:.2} |", s / u);
+    println!(
+        "| pod to pod, across nodes (VXLAN) | {x:.2} | {:.2} (target >= 0.90) |",
+        x / u
+    );
+    println!(
+        "| pod startup, {startup_pods} pods at once on one node | p50 {p50:.2} s / p99 {p99:.2} s | target p99 < 2 s |"
+    );
+    drop(c);
+    Ok(())
 }

@@ -42,6 +42,8 @@ struct PodNet {
     hosts: std::path::PathBuf,
 }
 
+/// Pods synced concurrently.
+const POD_WORKERS: usize = 16;
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 /// Kubernetes' container restart back-off: 10 s doubling up to 5 min.
 const BACKOFF_START: i64 = 10;
@@ -152,20 +154,32 @@ impl PodManager {
             tracing::warn!("listing pod interfaces: {e}");
             Default::default()
         });
-        let mut known = std::collections::HashSet::new();
-        for pod in &pods {
-            let uid = pod.metadata.uid.clone().unwrap_or_default();
-            known.insert(uid.clone());
-            let mine = by_pod.remove(&uid).unwrap_or_default();
-            let result = if pod.metadata.deletion_timestamp.is_some() {
-                self.teardown(pod, &mine).await.map_err(PodError::from)
-            } else {
-                self.ensure(pod, mine, &wired).await
-            };
-            if let Err(e) = result {
-                tracing::warn!(pod = ?pod.metadata.name, "{e}");
-            }
-        }
+        let known: std::collections::HashSet<String> =
+            pods.iter().filter_map(|p| p.metadata.uid.clone()).collect();
+        let work: Vec<(Arc<Pod>, Vec<Managed>)> = pods
+            .iter()
+            .map(|p| {
+                let uid = p.metadata.uid.as_deref().unwrap_or_default();
+                (Arc::clone(p), by_pod.remove(uid).unwrap_or_default())
+            })
+            .collect();
+        // Pods are independent: bring many up at once (Docker serves calls in parallel), so a
+        // burst of new pods does not queue behind each other's container starts.
+        futures::stream::iter(work)
+            .for_each_concurrent(POD_WORKERS, |(pod, mine)| {
+                let wired = &wired;
+                async move {
+                    let result = if pod.metadata.deletion_timestamp.is_some() {
+                        self.teardown(&pod, &mine).await.map_err(PodError::from)
+                    } else {
+                        self.ensure(&pod, mine, wired).await
+                    };
+                    if let Err(e) = result {
+                        tracing::warn!(pod = ?pod.metadata.name, "{e}");
+                    }
+                }
+            })
+            .await;
         // Containers and addresses of pods that are gone from the API.
         for (uid, orphans) in by_pod {
             for c in orphans {
