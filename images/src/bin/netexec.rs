@@ -111,10 +111,21 @@ async fn serve() {
             std::process::exit(1);
         }
     });
+    // As PID 1 of its container it must handle SIGTERM itself, or pod deletion waits out the
+    // whole grace period.
     let server = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
-    );
+    )
+    .with_graceful_shutdown(async {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            term.recv().await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    });
     if let Err(e) = server.await {
         eprintln!("netexec: {e}");
         std::process::exit(1);
