@@ -42,7 +42,7 @@ struct PodNet {
     hosts: std::path::PathBuf,
 }
 
-/// Pods synced concurrently.
+/// Pods worked on at once.
 const POD_WORKERS: usize = 16;
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 /// Kubernetes' container restart back-off: 10 s doubling up to 5 min.
@@ -55,6 +55,9 @@ pub struct PodManager {
     net: Arc<PodNetwork>,
     node: String,
     host_ip: String,
+    /// Pods a task is working on now.
+    inflight: std::sync::Mutex<std::collections::HashSet<String>>,
+    workers: tokio::sync::Semaphore,
 }
 
 fn pod_ref(p: &Pod) -> PodRef {
@@ -93,6 +96,8 @@ impl PodManager {
             client,
             runtime: Runtime::connect(node).await?,
             net,
+            inflight: Default::default(),
+            workers: tokio::sync::Semaphore::new(POD_WORKERS),
             node: node.to_owned(),
             host_ip: host_ip.to_owned(),
         })
@@ -142,7 +147,11 @@ impl PodManager {
         driver.abort();
     }
 
-    async fn sync(&self, pods: Vec<Arc<Pod>>) -> Result<(), DockerError> {
+    fn lock_inflight(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn sync(self: &Arc<Self>, pods: Vec<Arc<Pod>>) -> Result<(), DockerError> {
         let mut by_pod: HashMap<String, Vec<Managed>> = HashMap::new();
         for c in self.runtime.list().await? {
             by_pod
@@ -163,23 +172,31 @@ impl PodManager {
                 (Arc::clone(p), by_pod.remove(uid).unwrap_or_default())
             })
             .collect();
-        // Pods are independent: bring many up at once (Docker serves calls in parallel), so a
-        // burst of new pods does not queue behind each other's container starts.
-        futures::stream::iter(work)
-            .for_each_concurrent(POD_WORKERS, |(pod, mine)| {
-                let wired = &wired;
-                async move {
-                    let result = if pod.metadata.deletion_timestamp.is_some() {
-                        self.teardown(&pod, &mine).await.map_err(PodError::from)
-                    } else {
-                        self.ensure(&pod, mine, wired).await
-                    };
-                    if let Err(e) = result {
-                        tracing::warn!(pod = ?pod.metadata.name, "{e}");
+        // Pods are independent: each is worked on by a task of its own, at most one per pod,
+        // so a slow pod (a long grace period, a big pull) never holds up a new one; the
+        // semaphore bounds how much Docker is asked at once.
+        let wired = Arc::new(wired);
+        for (pod, mine) in work {
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            if !self.lock_inflight().insert(uid.clone()) {
+                continue;
+            }
+            let me = Arc::clone(self);
+            let wired = Arc::clone(&wired);
+            tokio::spawn(async move {
+                let result = match me.workers.acquire().await {
+                    Ok(_permit) if pod.metadata.deletion_timestamp.is_some() => {
+                        me.teardown(&pod, &mine).await.map_err(PodError::from)
                     }
+                    Ok(_permit) => me.ensure(&pod, mine, &wired).await,
+                    Err(_) => Ok(()),
+                };
+                if let Err(e) = result {
+                    tracing::warn!(pod = ?pod.metadata.name, "{e}");
                 }
-            })
-            .await;
+                me.lock_inflight().remove(&uid);
+            });
+        }
         // Containers and addresses of pods that are gone from the API.
         for (uid, orphans) in by_pod {
             for c in orphans {
