@@ -39,10 +39,10 @@ fn http_get(port: u16, path: &str) -> String {
     panic!("netexec did not listen on {port}");
 }
 
-#[test]
-fn netexec_serves_hostname_clientip_echo_and_udp() {
+/// A netexec on free ports, answering as pod `name`; returns it with its HTTP and UDP ports.
+fn netexec(name: &str) -> (Proc, u16, u16) {
     let (http, udp) = (free_port(), free_port());
-    let _p = Proc(
+    let p = Proc(
         Command::new(env!("CARGO_BIN_EXE_netexec"))
             .args([
                 "--http-port",
@@ -50,10 +50,16 @@ fn netexec_serves_hostname_clientip_echo_and_udp() {
                 "--udp-port",
                 &udp.to_string(),
             ])
-            .env("POD_NAME", "pod-a")
+            .env("POD_NAME", name)
             .spawn()
             .unwrap(),
     );
+    (p, http, udp)
+}
+
+#[test]
+fn netexec_serves_hostname_clientip_echo_and_udp() {
+    let (_p, http, udp) = netexec("pod-a");
     assert_eq!(http_get(http, "/hostname"), "pod-a");
     assert_eq!(http_get(http, "/echo?msg=hi%20there"), "hi there");
     assert_eq!(http_get(http, "/healthz"), "ok");

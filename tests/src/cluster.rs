@@ -228,18 +228,8 @@ impl Cluster {
 
     fn procs(&self) -> Vec<(String, u32)> {
         read_record(&self.record())
-            .ok()
-            .and_then(|r| r.get("procs").cloned())
-            .and_then(|p| p.as_array().cloned())
+            .map(|r| procs_of(&r))
             .unwrap_or_default()
-            .iter()
-            .filter_map(|p| {
-                Some((
-                    p.get("role")?.as_str()?.to_owned(),
-                    u32::try_from(p.get("pid")?.as_u64()?).ok()?,
-                ))
-            })
-            .collect()
     }
 
     fn set_proc(&self, role: &str, pid: Option<u32>) -> Result<()> {
@@ -444,6 +434,30 @@ fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// The (role, pid) pairs a cluster record holds.
+fn procs_of(rec: &Value) -> Vec<(String, u32)> {
+    rec["procs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            Some((
+                p["role"].as_str()?.to_owned(),
+                u32::try_from(p["pid"].as_u64()?).ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// The binary a role runs, to tell our process from a reused pid.
+fn program_of(role: &str) -> &'static str {
+    if role == "controlplane" {
+        "skiff-controlplane"
+    } else {
+        "skiff-agent"
+    }
+}
+
 fn read_record(path: &Path) -> Result<Value> {
     let bytes = std::fs::read(path)
         .with_context(|| format!("no cluster recorded at {}", path.display()))?;
@@ -503,24 +517,10 @@ pub fn down(state_dir: &Path) -> Result<()> {
     let nodes = rec["nodes"].as_u64().unwrap_or(0) as usize;
     let k = rec["underlay"].as_u64().unwrap_or(256);
     // Agents first (pods must not be recreated while we remove them), then the controlplane.
-    let procs = rec["procs"].as_array().cloned().unwrap_or_default();
-    let mut ordered: Vec<(String, u32)> = procs
-        .iter()
-        .filter_map(|p| {
-            Some((
-                p["role"].as_str()?.to_owned(),
-                u32::try_from(p["pid"].as_u64()?).ok()?,
-            ))
-        })
-        .collect();
+    let mut ordered = procs_of(&rec);
     ordered.sort_by_key(|(r, _)| r == "controlplane");
     for (role, pid) in ordered {
-        let program = if role == "controlplane" {
-            "skiff-controlplane"
-        } else {
-            "skiff-agent"
-        };
-        stop_pid(pid, program);
+        stop_pid(pid, program_of(&role));
     }
     for i in 1..=nodes {
         remove_containers(&format!("{name}-node{i}"));
@@ -548,15 +548,8 @@ pub fn status(state_dir: &Path) -> Result<String> {
         rec["underlay"],
         rec["kubeconfig"].as_str().unwrap_or_default()
     );
-    for p in rec["procs"].as_array().cloned().unwrap_or_default() {
-        let role = p["role"].as_str().unwrap_or_default();
-        let pid = p["pid"].as_u64().unwrap_or(0);
-        let program = if role == "controlplane" {
-            "skiff-controlplane"
-        } else {
-            "skiff-agent"
-        };
-        let alive = u32::try_from(pid).is_ok_and(|p| is_ours(p, program));
+    for (role, pid) in procs_of(&rec) {
+        let alive = is_ours(pid, program_of(&role));
         out.push_str(&format!(
             "{role:<14} pid {pid:<8} {}\n",
             if alive { "running" } else { "not running" }

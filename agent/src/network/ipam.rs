@@ -2,11 +2,13 @@
 //! the pod's uid (as CNI's host-local plugin does): allocations survive agent restarts, and a
 //! file created with `create_new` can never be handed to two pods.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use ipnet::Ipv4Net;
+use skiff_common::cidr::nth_addr as nth;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IpamError {
@@ -19,10 +21,12 @@ pub enum IpamError {
     },
 }
 
+/// The files are the record; `held` mirrors them so the per-second pod sync never reads the
+/// directory.
 pub struct Ipam {
     dir: PathBuf,
     cidr: Ipv4Net,
-    lock: Mutex<()>,
+    held: Mutex<BTreeMap<Ipv4Addr, String>>,
 }
 
 impl Ipam {
@@ -36,11 +40,16 @@ impl Ipam {
             path: dir.clone(),
             source,
         })?;
+        let held = read_dir(&dir);
         Ok(Self {
             dir,
             cidr,
-            lock: Mutex::new(()),
+            held: Mutex::new(held),
         })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<Ipv4Addr, String>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The bridge's address: the first host of the podCIDR.
@@ -54,31 +63,27 @@ impl Ipam {
 
     /// Every address held, with its owner.
     pub fn held(&self) -> Vec<(Ipv4Addr, String)> {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        entries
-            .filter_map(Result::ok)
-            .filter_map(|e| {
-                let ip: Ipv4Addr = e.file_name().to_str()?.parse().ok()?;
-                let owner = std::fs::read_to_string(e.path()).ok()?;
-                Some((ip, owner.trim().to_owned()))
-            })
+        self.lock()
+            .iter()
+            .map(|(ip, uid)| (*ip, uid.clone()))
             .collect()
     }
 
     pub fn lookup(&self, uid: &str) -> Option<Ipv4Addr> {
-        self.held()
-            .into_iter()
-            .find_map(|(ip, owner)| (owner == uid).then_some(ip))
+        self.lock()
+            .iter()
+            .find_map(|(ip, owner)| (owner == uid).then_some(*ip))
     }
 
     /// The pod's address: the one it already holds, or the next free one after the last handed
     /// out (so a just-released address is not reused at once, which would confuse peers'
     /// conntrack and caches).
     pub fn allocate(&self, uid: &str) -> Result<Ipv4Addr, IpamError> {
-        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(ip) = self.lookup(uid) {
+        let mut held = self.lock();
+        if let Some(ip) = held
+            .iter()
+            .find_map(|(ip, owner)| (owner == uid).then_some(*ip))
+        {
             return Ok(ip);
         }
         let last_file = self.dir.join("last");
@@ -105,6 +110,7 @@ impl Ipam {
                     f.write_all(uid.as_bytes())
                         .map_err(|source| IpamError::Io { path, source })?;
                     let _ = std::fs::write(&last_file, ip.to_string());
+                    held.insert(ip, uid.to_owned());
                     return Ok(ip);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -116,18 +122,28 @@ impl Ipam {
 
     /// Frees every address `uid` holds.
     pub fn release(&self, uid: &str) {
-        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        for (ip, owner) in self.held() {
+        self.lock().retain(|ip, owner| {
             if owner == uid {
                 let _ = std::fs::remove_file(self.dir.join(ip.to_string()));
             }
-        }
+            owner != uid
+        });
     }
 }
 
-/// The `n`-th address of a network (0 = the network address).
-pub fn nth(net: &Ipv4Net, n: u32) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(net.network()).saturating_add(n))
+/// The allocations recorded in `dir`: files named by an address, holding the owner's uid.
+fn read_dir(dir: &Path) -> BTreeMap<Ipv4Addr, String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return BTreeMap::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let ip: Ipv4Addr = e.file_name().to_str()?.parse().ok()?;
+            let owner = std::fs::read_to_string(e.path()).ok()?;
+            Some((ip, owner.trim().to_owned()))
+        })
+        .collect()
 }
 
 #[cfg(test)]

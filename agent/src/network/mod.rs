@@ -276,13 +276,18 @@ impl PodNetwork {
         self.ipam.held().into_iter().map(|(_, uid)| uid).collect()
     }
 
-    /// Writes the pod's /etc/resolv.conf and /etc/hosts; returns their paths.
-    pub fn pod_files(&self, pod: &Pod, ip: Ipv4Addr) -> Result<(PathBuf, PathBuf), NetworkError> {
-        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+    /// Paths of the pod's /etc/resolv.conf and /etc/hosts.
+    pub fn pod_files(&self, uid: &str) -> (PathBuf, PathBuf) {
         let dir = self.pods_dir.join(uid);
-        std::fs::create_dir_all(&dir)?;
-        let resolv = dir.join("resolv.conf");
-        let hosts = dir.join("hosts");
+        (dir.join("resolv.conf"), dir.join("hosts"))
+    }
+
+    /// Writes the pod's /etc/resolv.conf and /etc/hosts (when it is wired).
+    pub fn write_pod_files(&self, pod: &Pod, ip: Ipv4Addr) -> Result<(), NetworkError> {
+        let (resolv, hosts) = self.pod_files(pod.metadata.uid.as_deref().unwrap_or_default());
+        if let Some(dir) = resolv.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
         write_if_changed(&resolv, &resolv_conf(pod, &self.cluster))?;
         let hostname = pod.metadata.name.as_deref().unwrap_or_default();
         write_if_changed(
@@ -291,7 +296,7 @@ impl PodNetwork {
                 "# Kubernetes-managed hosts file (skiff).\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{hostname}\n"
             ),
         )?;
-        Ok((resolv, hosts))
+        Ok(())
     }
 }
 
@@ -311,21 +316,23 @@ pub fn resolv_conf(pod: &Pod, cluster: &ClusterConfig) -> String {
     let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let d = &cluster.cluster_domain;
+    let cluster_first = match policy {
+        "ClusterFirstWithHostNet" => true,
+        "ClusterFirst" => !host_network,
+        _ => false,
+    };
     let (mut servers, mut search, mut options): (Vec<String>, Vec<String>, Vec<String>) =
-        match policy {
-            "ClusterFirst" if !host_network => (
+        if cluster_first {
+            (
                 vec![cluster.cluster_dns.to_string()],
                 vec![format!("{ns}.svc.{d}"), format!("svc.{d}"), d.clone()],
                 vec!["ndots:5".into()],
-            ),
-            "ClusterFirstWithHostNet" => (
-                vec![cluster.cluster_dns.to_string()],
-                vec![format!("{ns}.svc.{d}"), format!("svc.{d}"), d.clone()],
-                vec!["ndots:5".into()],
-            ),
-            "None" => (vec![], vec![], vec![]),
+            )
+        } else if policy == "None" {
+            (vec![], vec![], vec![])
+        } else {
             // Default (and ClusterFirst with host networking): the node's own resolver.
-            _ => host_resolv(),
+            host_resolv()
         };
     if let Some(cfg) = spec.and_then(|s| s.dns_config.as_ref()) {
         servers.extend(cfg.nameservers.iter().flatten().cloned());

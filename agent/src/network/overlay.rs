@@ -19,7 +19,6 @@ use netlink_packet_route::neighbour::{
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use rtnetlink::{LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
-use super::ipam::nth;
 use super::{NetworkError, Uplink, link_index};
 
 pub const DEVICE: &str = "skiff.vxlan";
@@ -399,34 +398,29 @@ fn lladdr(n: &NeighbourMessage) -> Option<[u8; 6]> {
     })
 }
 
-fn neigh_msg(index: u32, ip: Ipv4Addr, mac: &[u8; 6]) -> NeighbourMessage {
+/// A permanent entry of the overlay device, as the kernel lists it: a neighbour (`Inet`:
+/// overlay address -> MAC) or an FDB entry (`Bridge`: MAC -> public IP, on the device itself).
+fn entry_msg(family: AddressFamily, index: u32, ip: Ipv4Addr, mac: &[u8; 6]) -> NeighbourMessage {
     let mut m = NeighbourMessage::default();
-    m.header.family = AddressFamily::Inet;
+    m.header.family = family;
     m.header.ifindex = index;
     m.header.state = NeighbourState::Permanent;
+    if family == AddressFamily::Bridge {
+        m.header.flags = NeighbourFlags::Own;
+    }
     m.attributes
         .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
     m.attributes
         .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
     m
+}
+
+fn neigh_msg(index: u32, ip: Ipv4Addr, mac: &[u8; 6]) -> NeighbourMessage {
+    entry_msg(AddressFamily::Inet, index, ip, mac)
 }
 
 fn fdb_msg(index: u32, mac: &[u8; 6], ip: Ipv4Addr) -> NeighbourMessage {
-    let mut m = NeighbourMessage::default();
-    m.header.family = AddressFamily::Bridge;
-    m.header.ifindex = index;
-    m.header.state = NeighbourState::Permanent;
-    m.header.flags = NeighbourFlags::Own;
-    m.attributes
-        .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
-    m.attributes
-        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
-    m
-}
-
-/// The overlay address of this node (its podCIDR's network address).
-pub fn local_vtep(pod_cidr: &Ipv4Net) -> Ipv4Addr {
-    nth(pod_cidr, 0)
+    entry_msg(AddressFamily::Bridge, index, ip, mac)
 }
 
 #[cfg(test)]

@@ -343,14 +343,17 @@ impl PodManager {
             }
             None => self.runtime.start_sandbox(&pr).await?,
         };
+        // A wired pod already has its address and files: a running pod costs no file I/O.
         let ip = match self.net.address(&pr.uid) {
             Some(ip) if PodNetwork::is_wired(wired, &pr.uid) => ip,
             _ => {
                 let pid = self.runtime.pid(&sandbox).await?;
-                self.net.attach(&pr.uid, pid).await?
+                let ip = self.net.attach(&pr.uid, pid).await?;
+                self.net.write_pod_files(pod, ip)?;
+                ip
             }
         };
-        let (resolv, hosts) = self.net.pod_files(pod, ip)?;
+        let (resolv, hosts) = self.net.pod_files(&pr.uid);
         let net = PodNet {
             sandbox: sandbox.clone(),
             ip,

@@ -36,10 +36,7 @@ impl Default for Settings {
     }
 }
 
-/// The `n`-th address of a network (0 = the network address).
-pub fn nth_addr(net: &Ipv4Net, n: u32) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(net.network()).saturating_add(n))
-}
+pub use skiff_common::cidr::nth_addr;
 
 /// Shared by all controllers.
 #[derive(Clone)]
