@@ -3,6 +3,8 @@
 //! the overlay and the service proxy build on it.
 
 pub mod client;
+pub mod iptables;
 pub mod network;
 pub mod node;
 pub mod pods;
+pub mod proxy;

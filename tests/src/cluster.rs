@@ -123,6 +123,25 @@ impl Cluster {
     pub fn node_ip(&self, i: usize) -> Ipv4Addr {
         Ipv4Addr::new(10, 213, self.k, 10 + i as u8)
     }
+    /// A host outside the cluster on the underlay (for NodePort and external IP traffic).
+    pub fn external_ns(&self) -> String {
+        format!("skiff-{}-ext", self.spec.name)
+    }
+    pub fn external_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 213, self.k, 250)
+    }
+    /// An address of the underlay no host holds, for a Service's externalIPs: the external
+    /// host routes it to node 1.
+    pub fn external_service_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 213, self.k, 77)
+    }
+    fn service_cidr(&self) -> String {
+        let f = &self.spec.controlplane_flags;
+        f.iter()
+            .position(|a| a == "--service-cidr")
+            .and_then(|i| f.get(i + 1).cloned())
+            .unwrap_or_else(|| "10.96.0.0/12".to_owned())
+    }
     pub fn host_ip(&self) -> Ipv4Addr {
         Ipv4Addr::new(10, 213, self.k, 1)
     }
@@ -211,7 +230,44 @@ impl Cluster {
             ])?;
             ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+            // Real nodes reach ClusterIPs through their default route; these have none, and
+            // without any route a node's own connection fails before the proxy's DNAT.
+            ip(&[
+                "-n",
+                &ns,
+                "route",
+                "add",
+                &self.service_cidr(),
+                "dev",
+                "eth0",
+            ])?;
         }
+        let ext = self.external_ns();
+        ip(&["netns", "add", &ext])?;
+        ip(&[
+            "-n", &ul, "link", "add", "x", "type", "veth", "peer", "name", "eth0", "netns", &ext,
+        ])?;
+        ip(&["-n", &ul, "link", "set", "x", "master", "br0", "up"])?;
+        ip(&[
+            "-n",
+            &ext,
+            "addr",
+            "add",
+            &format!("{}/24", self.external_ip()),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &ext, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &ext, "link", "set", "lo", "up"])?;
+        ip(&[
+            "-n",
+            &ext,
+            "route",
+            "add",
+            &format!("{}/32", self.external_service_ip()),
+            "via",
+            &self.node_ip(1).to_string(),
+        ])?;
         Ok(())
     }
 
@@ -353,6 +409,13 @@ impl Cluster {
         remove_containers(&self.node_name(i));
         let _ = ip(&["netns", "del", &self.node_ns(i)]);
         Ok(())
+    }
+
+    /// A command run on the external host.
+    pub fn in_external(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.external_ns(), program]);
+        cmd
     }
 
     /// A command run inside node `i`'s network namespace.
@@ -526,6 +589,7 @@ pub fn down(state_dir: &Path) -> Result<()> {
         remove_containers(&format!("{name}-node{i}"));
         let _ = ip(&["netns", "del", &format!("skiff-{name}-node{i}")]);
     }
+    let _ = ip(&["netns", "del", &format!("skiff-{name}-ext")]);
     let _ = ip(&["link", "del", &format!("sk-{name}")]);
     let _ = ip(&["netns", "del", &format!("skiff-{name}-ul")]);
     if k < 256 {

@@ -16,6 +16,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("busybox-static", "/bin/busybox"),
     ("iproute2", "/usr/sbin/ip"),
     ("iptables", "/usr/sbin/iptables"),
+    // The service proxy clears stale UDP conntrack entries with it.
+    ("conntrack", "/usr/sbin/conntrack"),
     // Benchmarks: pod network throughput.
     ("iperf3", "/usr/bin/iperf3"),
 ];

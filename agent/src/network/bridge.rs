@@ -68,9 +68,7 @@ pub fn host_veth(uid: &str) -> String {
 }
 
 fn fnv(s: &str) -> u32 {
-    s.bytes().fold(0x811c_9dc5u32, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    })
+    skiff_common::hash::fnv32a(s.as_bytes())
 }
 
 /// What one pod's interface gets.

@@ -3,12 +3,10 @@
 //! the cluster is masqueraded (`--random-fully`), traffic between pods never is, and pod traffic
 //! is accepted for forwarding even where the FORWARD policy is DROP (Docker sets it so).
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use ipnet::Ipv4Net;
 
 use super::NetworkError;
+use crate::iptables::Iptables;
 
 pub const NAT_CHAIN: &str = "SKIFF-POD-MASQ";
 pub const FORWARD_CHAIN: &str = "SKIFF-POD-FORWARD";
@@ -32,50 +30,15 @@ pub fn rules(cluster_cidr: Ipv4Net, pod_cidr: Ipv4Net) -> String {
     )
 }
 
-fn iptables(args: &[&str]) -> Result<bool, NetworkError> {
-    let out = Command::new("iptables")
-        .args(["-w", "5"])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .map_err(|e| NetworkError::Iptables(format!("cannot run iptables: {e}")))?;
-    Ok(out.status.success())
-}
-
 /// Writes the chains and makes sure POSTROUTING and FORWARD jump to them; idempotent.
-pub fn apply(cluster_cidr: Ipv4Net, pod_cidr: Ipv4Net) -> Result<(), NetworkError> {
-    let mut child = Command::new("iptables-restore")
-        .args(["--noflush", "-w", "5"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            NetworkError::Iptables(format!(
-                "cannot run iptables-restore: {e}; install iptables (cargo xtask setup does)"
-            ))
-        })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(rules(cluster_cidr, pod_cidr).as_bytes())
-            .map_err(|e| NetworkError::Iptables(e.to_string()))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| NetworkError::Iptables(e.to_string()))?;
-    if !out.status.success() {
-        return Err(NetworkError::Iptables(format!(
-            "iptables-restore: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
+pub fn apply(ipt: &Iptables, cluster_cidr: Ipv4Net, pod_cidr: Ipv4Net) -> Result<(), NetworkError> {
+    ipt.restore(&rules(cluster_cidr, pod_cidr))?;
     for (table, hook, chain) in [
         ("nat", "POSTROUTING", NAT_CHAIN),
         ("filter", "FORWARD", FORWARD_CHAIN),
     ] {
-        if !iptables(&["-t", table, "-C", hook, "-j", chain])?
-            && !iptables(&["-t", table, "-A", hook, "-j", chain])?
+        if !ipt.check(&["-t", table, "-C", hook, "-j", chain])?
+            && !ipt.check(&["-t", table, "-A", hook, "-j", chain])?
         {
             return Err(NetworkError::Iptables(format!(
                 "cannot add the jump from {table}/{hook} to {chain}"

@@ -22,6 +22,7 @@ use netlink_packet_route::link::LinkAttribute;
 use netlink_packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::RouteMessageBuilder;
 
+use crate::iptables::Iptables;
 use ipam::Ipam;
 use overlay::Overlay;
 
@@ -41,6 +42,8 @@ pub enum NetworkError {
     Ipam(#[from] ipam::IpamError),
     #[error("{0}")]
     Iptables(String),
+    #[error(transparent)]
+    IptablesRun(#[from] crate::iptables::IptablesError),
     #[error("pod network: {0}")]
     Pod(String),
     #[error("API: {0}")]
@@ -383,6 +386,7 @@ pub async fn start(
     node: &str,
     uplink: Uplink,
     data_dir: &Path,
+    ipt: Iptables,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Arc<PodNetwork>, NetworkError> {
     let nodes: Api<Node> = Api::all(client.clone());
@@ -409,7 +413,7 @@ pub async fn start(
     let mac = overlay::stable_mac(data_dir)?;
     let overlay = Overlay::new(handle.clone(), uplink.clone(), mac, pod_cidr);
     overlay.ensure_device().await?;
-    masq::apply(cluster.cluster_cidr, pod_cidr)?;
+    masq::apply(&ipt, cluster.cluster_cidr, pod_cidr)?;
     let ipam = Ipam::open(data_dir, pod_cidr)?;
     let mtu = overlay.mtu();
     let bridge = bridge::ensure_bridge(&handle, ipam.gateway(), pod_cidr.prefix_len(), mtu).await?;
@@ -478,7 +482,7 @@ pub async fn start(
             {
                 tracing::warn!("pod bridge: {e}");
             }
-            if let Err(e) = masq::apply(cluster.cluster_cidr, pod_cidr) {
+            if let Err(e) = masq::apply(&ipt, cluster.cluster_cidr, pod_cidr) {
                 tracing::warn!("pod network rules: {e}");
             }
             last = Some(peers);

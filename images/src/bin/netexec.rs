@@ -2,8 +2,9 @@
 //! HTTP (default 8080): /hostname, /clientip, /echo?msg=, /healthz;
 //! UDP (default 8081): "hostname" -> hostname, "clientip" -> ip:port, "echo X" -> X.
 //!
-//! `netexec dial-udp HOST:PORT MSG` is the image's UDP client (busybox's nc has no UDP mode):
-//! one datagram out, the reply printed.
+//! `netexec dial-udp HOST:PORT MSG [LOCAL_PORT]` is the image's UDP client (busybox's nc has no
+//! UDP mode): one datagram out, the reply printed. A fixed local port lets a test reuse one
+//! conntrack entry, as long-lived UDP clients do.
 
 use std::net::SocketAddr;
 
@@ -19,6 +20,10 @@ struct Args {
     http_port: u16,
     #[arg(long, default_value_t = 8081)]
     udp_port: u16,
+    /// Keep serving this many seconds after SIGTERM (as agnhost's --delay-shutdown), so that
+    /// endpoints are withdrawn before the server goes away.
+    #[arg(long, default_value_t = 0)]
+    delay_shutdown: u64,
 }
 
 fn hostname() -> String {
@@ -53,14 +58,20 @@ async fn udp(port: u16) -> std::io::Result<()> {
     }
 }
 
-/// `netexec dial-udp HOST:PORT MESSAGE`: one datagram, the reply on stdout (3 s to answer).
+/// `netexec dial-udp HOST:PORT MESSAGE [LOCAL_PORT]`: one datagram, the reply on stdout (3 s to
+/// answer).
 fn dial_udp(args: &[String]) -> i32 {
-    let [addr, msg] = args else {
-        eprintln!("usage: netexec dial-udp HOST:PORT MESSAGE");
+    let (addr, msg, local) = match args {
+        [addr, msg] => (addr, msg, Some(0)),
+        [addr, msg, local] => (addr, msg, local.parse::<u16>().ok()),
+        _ => (&String::new(), &String::new(), None),
+    };
+    let Some(local) = local.filter(|_| !addr.is_empty()) else {
+        eprintln!("usage: netexec dial-udp HOST:PORT MESSAGE [LOCAL_PORT]");
         return 2;
     };
     let run = || -> std::io::Result<String> {
-        let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        let sock = std::net::UdpSocket::bind(("0.0.0.0", local))?;
         sock.set_read_timeout(Some(std::time::Duration::from_secs(3)))?;
         sock.send_to(msg.as_bytes(), addr.as_str())?;
         let mut buf = [0u8; 65_536];
@@ -90,6 +101,7 @@ fn main() {
 #[tokio::main]
 async fn serve() {
     let args = Args::parse();
+    let delay = std::time::Duration::from_secs(args.delay_shutdown);
     let app = Router::new()
         .route("/hostname", get(|| async { hostname() }))
         .route(
@@ -117,11 +129,12 @@ async fn serve() {
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(async {
+    .with_graceful_shutdown(async move {
         if let Ok(mut term) =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         {
             term.recv().await;
+            tokio::time::sleep(delay).await;
         } else {
             std::future::pending::<()>().await;
         }

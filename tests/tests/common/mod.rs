@@ -60,6 +60,11 @@ pub fn prerequisites() -> bool {
 
 /// A fresh cluster with a name no other test uses.
 pub fn cluster(nodes: usize, controlplane_flags: &[&str]) -> Cluster {
+    cluster_with_mode(nodes, "iptables", controlplane_flags)
+}
+
+/// A fresh cluster whose agents run the given service proxy mode.
+pub fn cluster_with_mode(nodes: usize, proxy_mode: &str, controlplane_flags: &[&str]) -> Cluster {
     static N: AtomicU32 = AtomicU32::new(0);
     let name = format!(
         "e{:05x}{}",
@@ -70,7 +75,7 @@ pub fn cluster(nodes: usize, controlplane_flags: &[&str]) -> Cluster {
     Cluster::up(Spec {
         name,
         nodes,
-        proxy_mode: "iptables".into(),
+        proxy_mode: proxy_mode.into(),
         bin_dir: bin_dir(),
         state_dir: state,
         controlplane_flags: controlplane_flags.iter().map(|s| s.to_string()).collect(),

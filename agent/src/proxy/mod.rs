@@ -1,0 +1,211 @@
+//! The Service proxy. Watches of Services and EndpointSlices only record objects in the model;
+//! one loop drains the model's changes into the dataplane, at most once per minimum sync
+//! period, with a full sync periodically and after any failure. Nothing is flushed on start: the
+//! first sync reconciles what a previous agent left, so established connections survive.
+
+pub mod conntrack;
+pub mod health;
+pub mod iptables;
+pub mod model;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+
+use crate::iptables::Iptables;
+use model::{Model, ServiceKey, ServicePort};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(
+        "bridged traffic bypasses iptables ({0}); load the br_netfilter module (modprobe br_netfilter)"
+    )]
+    BridgeNetfilter(std::io::Error),
+}
+
+pub struct Config {
+    pub node: String,
+    pub cluster_cidr: Ipv4Net,
+    pub iptables: Iptables,
+    /// Syncs are at least this far apart (changes in between are batched).
+    pub min_sync: Duration,
+    /// A full sync runs at least this often.
+    pub full_sync: Duration,
+}
+
+const BRIDGE_NF: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+
+/// Replies from a backend on this node to a client on this node are bridged, not routed: they
+/// must still see conntrack to be translated back.
+fn ensure_bridge_netfilter() -> Result<(), ProxyError> {
+    if !std::path::Path::new(BRIDGE_NF).exists() {
+        let _ = std::process::Command::new("modprobe")
+            .arg("br_netfilter")
+            .status();
+    }
+    std::fs::write(BRIDGE_NF, "1").map_err(ProxyError::BridgeNetfilter)
+}
+
+/// Runs the proxy until `stop` turns true.
+pub async fn run(
+    client: kube::Client,
+    cfg: Config,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), ProxyError> {
+    ensure_bridge_netfilter()?;
+    let services = watcher(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff();
+    let slices = watcher(
+        Api::<EndpointSlice>::all(client),
+        watcher::Config::default(),
+    )
+    .default_backoff();
+    let mut services = std::pin::pin!(services);
+    let mut slices = std::pin::pin!(slices);
+    let mut model = Model::new(&cfg.node);
+    let mut listed_services: Option<Vec<Service>> = None;
+    let mut listed_slices: Option<Vec<EndpointSlice>> = None;
+    // Nothing is written before both kinds were listed once: a partial view would delete rules.
+    let (mut have_services, mut have_slices) = (false, false);
+    let mut proxier = Some(iptables::Proxier::new(cfg.iptables, cfg.cluster_cidr));
+    let mut health = health::HealthServers::default();
+    let mut checks: BTreeMap<ServiceKey, (u16, usize)> = BTreeMap::new();
+    let mut last_sync: Option<Instant> = None;
+    let mut last_full = Instant::now();
+    let mut failures: u32 = 0;
+    loop {
+        let ready = have_services && have_slices && model.has_changes();
+        let earliest = match last_sync {
+            Some(t) => {
+                let backoff = cfg
+                    .min_sync
+                    .max(Duration::from_millis(250 * u64::from(failures.min(20))));
+                t + backoff
+            }
+            None => Instant::now(),
+        };
+        let full_due = last_full + cfg.full_sync;
+        tokio::select! {
+            () = async { let _ = stop.wait_for(|s| *s).await; } => break,
+            ev = services.next() => match ev {
+                Some(Ok(ev)) => {
+                    if let Some(all) = record(ev, &mut listed_services, &mut model, Model::upsert_service, |m, s| m.delete_service(&s)) {
+                        model.replace_services(all);
+                        have_services = true;
+                    }
+                }
+                Some(Err(e)) => tracing::warn!("watching services: {e}"),
+                None => break,
+            },
+            ev = slices.next() => match ev {
+                Some(Ok(ev)) => {
+                    if let Some(all) = record(ev, &mut listed_slices, &mut model, Model::upsert_slice, |m, s| m.delete_slice(&s)) {
+                        model.replace_slices(all);
+                        have_slices = true;
+                    }
+                }
+                Some(Err(e)) => tracing::warn!("watching endpointslices: {e}"),
+                None => break,
+            },
+            () = tokio::time::sleep_until(full_due.into()) => {
+                model.force_full();
+            }
+            () = tokio::time::sleep_until(earliest.into()), if ready => {
+                let changes = model.take_changes();
+                let Some(mut p) = proxier.take() else { break };
+                let old: BTreeMap<ServiceKey, Vec<ServicePort>> = changes
+                    .services
+                    .keys()
+                    .map(|k| (k.clone(), p.ports(k).to_vec()))
+                    .collect();
+                let started = Instant::now();
+                last_sync = Some(started);
+                let (p, changes, result) = match tokio::task::spawn_blocking(move || {
+                    let r = p.sync(&changes);
+                    (p, changes, r)
+                })
+                .await
+                {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::error!("proxy sync panicked: {e}");
+                        break;
+                    }
+                };
+                proxier = Some(p);
+                match result {
+                    Ok(stats) => {
+                        failures = 0;
+                        if stats.full {
+                            last_full = started;
+                        }
+                        tracing::debug!(
+                            full = stats.full,
+                            services = stats.services,
+                            chains = stats.chains_written,
+                            deleted = stats.chains_deleted,
+                            bytes = stats.bytes,
+                            took_ms = started.elapsed().as_millis() as u64,
+                            "proxy rules synced"
+                        );
+                        let mut stale = Vec::new();
+                        if stats.full {
+                            checks.clear();
+                        }
+                        for (k, ports) in &changes.services {
+                            if let Some(before) = old.get(k) {
+                                stale.extend(conntrack::stale_entries(before, ports));
+                            }
+                            checks.remove(k);
+                            if let Some(p) = ports.iter().find(|p| p.health_check_node_port.is_some()) {
+                                let port = p.health_check_node_port.unwrap_or_default();
+                                checks.insert(k.clone(), (port, p.local_endpoints().len()));
+                            }
+                        }
+                        if !stale.is_empty() {
+                            let _ = tokio::task::spawn_blocking(move || conntrack::clear(&stale)).await;
+                        }
+                        let want = checks
+                            .iter()
+                            .map(|(k, (port, n))| (*port, (k.clone(), *n)))
+                            .collect();
+                        health.update(&want).await;
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        tracing::warn!("proxy sync failed (a full sync follows): {e}");
+                        model.force_full();
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Folds one watch event into the model; returns the complete list at the end of a (re)list.
+fn record<K>(
+    ev: watcher::Event<K>,
+    listing: &mut Option<Vec<K>>,
+    model: &mut Model,
+    upsert: impl Fn(&mut Model, K),
+    delete: impl Fn(&mut Model, K),
+) -> Option<Vec<K>> {
+    match ev {
+        watcher::Event::Apply(o) => upsert(model, o),
+        watcher::Event::Delete(o) => delete(model, o),
+        watcher::Event::Init => *listing = Some(Vec::new()),
+        watcher::Event::InitApply(o) => listing.get_or_insert_with(Vec::new).push(o),
+        watcher::Event::InitDone => return Some(listing.take().unwrap_or_default()),
+    }
+    None
+}
