@@ -25,6 +25,8 @@ pub struct Spec {
     pub state_dir: PathBuf,
     /// Extra controlplane flags (tests shorten node-failure timers).
     pub controlplane_flags: Vec<String>,
+    /// Extra agent flags (benchmarks tune the proxy's sync periods).
+    pub agent_flags: Vec<String>,
 }
 
 /// A running cluster. Dropping it brings it down unless it was detached.
@@ -380,7 +382,8 @@ impl Cluster {
             .arg("--ca-file")
             .arg(cp.join("pki/ca.crt"))
             .arg("--data-dir")
-            .arg(self.spec.state_dir.join(&role));
+            .arg(self.spec.state_dir.join(&role))
+            .args(&self.spec.agent_flags);
         self.spawn(&role, &mut cmd)?;
         Ok(())
     }

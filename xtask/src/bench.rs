@@ -37,6 +37,24 @@ pub enum Which {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
     },
+    /// Service proxy: full sync time, one change to live, connection latency through a
+    /// ClusterIP against the pod IP, at 100, 1,000 and 10,000 services of 10 endpoints.
+    Proxy {
+        #[arg(long, value_enum, default_value = "iptables")]
+        mode: crate::cluster::ProxyMode,
+        /// iptables flavour the agent drives (auto, legacy, nft).
+        #[arg(long, default_value = "auto")]
+        iptables_backend: String,
+        /// Service counts to measure, comma separated.
+        #[arg(long, default_value = "100,1000,10000", value_delimiter = ',')]
+        services: Vec<usize>,
+        /// Changes timed per service count.
+        #[arg(long, default_value_t = 30)]
+        changes: usize,
+        /// Requests per target for connection latency.
+        #[arg(long, default_value_t = 500)]
+        requests: usize,
+    },
     /// Scheduler: pods/s bound with 1,000 and 5,000 fake nodes.
     Scheduler {
         /// Number of pods to schedule per node count.
@@ -53,6 +71,13 @@ pub fn run(which: Which) -> Result<()> {
         Which::Overlay { pods, seconds } => overlay(pods, seconds),
         Which::Api { pods, watchers } => api(pods, watchers),
         Which::Scheduler { pods, nodes } => scheduler(pods, &nodes),
+        Which::Proxy {
+            mode,
+            iptables_backend,
+            services,
+            changes,
+            requests,
+        } => crate::bench_proxy::run(mode, &iptables_backend, &services, changes, requests),
     }
 }
 
@@ -126,7 +151,7 @@ impl Controlplane {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

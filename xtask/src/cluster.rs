@@ -69,6 +69,11 @@ pub fn run(action: Action) -> Result<()> {
 
 /// Installs what is missing, builds release binaries and images, and brings the cluster up.
 pub fn up(name: &str, nodes: usize, mode: ProxyMode) -> Result<Cluster> {
+    up_with(name, nodes, mode, &[])
+}
+
+/// `up` with extra agent flags.
+pub fn up_with(name: &str, nodes: usize, mode: ProxyMode, agent_flags: &[&str]) -> Result<Cluster> {
     crate::setup::run()?;
     sh(cargo().args([
         "build",
@@ -90,5 +95,6 @@ pub fn up(name: &str, nodes: usize, mode: ProxyMode) -> Result<Cluster> {
         bin_dir: root().join("target/release"),
         state_dir: state_dir(name),
         controlplane_flags: Vec::new(),
+        agent_flags: agent_flags.iter().map(|s| (*s).to_owned()).collect(),
     })
 }

@@ -1,5 +1,6 @@
 //! `cargo xtask demo`: the first run. Brings up a local two-node cluster, deploys netexec
-//! behind a Service and shows pods on both nodes talking to each other by pod IP.
+//! behind a Service and shows pods on both nodes talking to each other by pod IP and through
+//! the Service's ClusterIP and NodePort.
 
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,7 @@ apiVersion: v1
 kind: Service
 metadata: {name: netexec}
 spec:
+  type: NodePort
   selector: {app: netexec}
   ports: [{port: 80, targetPort: http}]
 "#;
@@ -103,6 +105,30 @@ pub fn run() -> Result<()> {
             out.trim()
         );
     }
+    let vip = c.kubectl(&["get", "svc", "netexec", "-o", "jsonpath={.spec.clusterIP}"])?;
+    let np = c.kubectl(&[
+        "get",
+        "svc",
+        "netexec",
+        "-o",
+        "jsonpath={.spec.ports[0].nodePort}",
+    ])?;
+    println!(
+        "\nThrough the Service: each request lands on one of the pods (iptables rules written by skiff-agent):"
+    );
+    let script = format!(
+        "for i in 1 2 3 4 5 6; do echo \"  http://{vip}/hostname -> $(wget -qO- http://{vip}/hostname)\"; done"
+    );
+    let out = skiff_e2e::cluster::run(
+        std::process::Command::new("docker").args(["exec", &client, "sh", "-c", &script]),
+    )
+    .context("requests through the ClusterIP")?;
+    println!("{}", out.trim_end());
+    let node_ip = c.node_ip(2).to_string();
+    let mut from_node = c.in_node(1, "busybox");
+    from_node.args(["wget", "-qO-", &format!("http://{node_ip}:{np}/hostname")]);
+    let out = skiff_e2e::cluster::run(&mut from_node).context("request to the NodePort")?;
+    println!("  node1 -> NodePort {node_ip}:{np} -> {}", out.trim());
     println!(
         "\nThe cluster keeps running. Try:\n  export KUBECONFIG={}\n  kubectl get pods -o wide\nand remove it with: cargo xtask cluster down --name {NAME}",
         c.kubeconfig.display()

@@ -148,6 +148,15 @@ pub async fn run(
                         if stats.full {
                             last_full = started;
                         }
+                        if stats.full {
+                            tracing::info!(
+                                services = stats.services,
+                                chains = stats.chains_written,
+                                bytes = stats.bytes,
+                                took_ms = started.elapsed().as_millis() as u64,
+                                "proxy full sync"
+                            );
+                        }
                         tracing::debug!(
                             full = stats.full,
                             services = stats.services,

@@ -125,8 +125,10 @@ fn pick<'a>(eps: impl Iterator<Item = &'a Endpoint> + Clone) -> Vec<&'a Endpoint
 pub struct Model {
     node: String,
     services: BTreeMap<ServiceKey, Arc<Service>>,
-    /// Slices by `(namespace, slice name)`, with the Service they belong to.
-    slices: BTreeMap<(String, String), (ServiceKey, Arc<EndpointSlice>)>,
+    /// The Service each slice (`namespace`, `name`) belongs to.
+    slice_owner: BTreeMap<(String, String), ServiceKey>,
+    /// Slices by Service, then by slice name.
+    slices: BTreeMap<ServiceKey, BTreeMap<String, Arc<EndpointSlice>>>,
     changed: BTreeSet<ServiceKey>,
     full: bool,
 }
@@ -213,28 +215,50 @@ impl Model {
         let Some((skey, svc)) = key_of_slice(&slice) else {
             return;
         };
-        if let Some((old_svc, old)) = self.slices.get(&skey) {
-            if **old == slice {
+        if let Some(old_svc) = self.slice_owner.get(&skey) {
+            let same = self
+                .slices
+                .get(old_svc)
+                .and_then(|m| m.get(&skey.1))
+                .is_some_and(|old| **old == slice);
+            if same && *old_svc == svc {
                 return;
             }
             // A relabelled slice leaves its old Service.
-            self.changed.insert(old_svc.clone());
+            let old_svc = old_svc.clone();
+            self.remove_slice(&skey, &old_svc);
         }
         self.changed.insert(svc.clone());
-        self.slices.insert(skey, (svc, Arc::new(slice)));
+        self.slice_owner.insert(skey.clone(), svc.clone());
+        self.slices
+            .entry(svc)
+            .or_default()
+            .insert(skey.1, Arc::new(slice));
+    }
+
+    fn remove_slice(&mut self, skey: &(String, String), svc: &ServiceKey) {
+        self.slice_owner.remove(skey);
+        if let Some(m) = self.slices.get_mut(svc) {
+            m.remove(&skey.1);
+            if m.is_empty() {
+                self.slices.remove(svc);
+            }
+        }
+        self.changed.insert(svc.clone());
     }
 
     pub fn delete_slice(&mut self, slice: &EndpointSlice) {
         if let Some((skey, _)) = key_of_slice(slice)
-            && let Some((svc, _)) = self.slices.remove(&skey)
+            && let Some(svc) = self.slice_owner.get(&skey).cloned()
         {
-            self.changed.insert(svc);
+            self.remove_slice(&skey, &svc);
         }
     }
 
     pub fn replace_slices(&mut self, all: Vec<EndpointSlice>) {
+        self.slice_owner.clear();
         let old = std::mem::take(&mut self.slices);
-        self.changed.extend(old.into_values().map(|(svc, _)| svc));
+        self.changed.extend(old.into_keys());
         for s in all {
             self.upsert_slice(s);
         }
@@ -266,10 +290,9 @@ impl Model {
         };
         let slices: Vec<&EndpointSlice> = self
             .slices
-            .range((key.namespace.clone(), String::new())..)
-            .take_while(|((ns, _), _)| *ns == key.namespace)
-            .filter(|(_, (s, _))| s == key)
-            .map(|(_, (_, slice))| &**slice)
+            .get(key)
+            .into_iter()
+            .flat_map(|m| m.values().map(|s| &**s))
             .collect();
         service_ports(key, svc, &slices, &self.node)
     }

@@ -79,6 +79,7 @@ pub fn cluster_with_mode(nodes: usize, proxy_mode: &str, controlplane_flags: &[&
         bin_dir: bin_dir(),
         state_dir: state,
         controlplane_flags: controlplane_flags.iter().map(|s| s.to_string()).collect(),
+        agent_flags: Vec::new(),
     })
     .unwrap()
 }

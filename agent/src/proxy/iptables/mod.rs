@@ -299,6 +299,9 @@ fn parse_save(table: Table, text: &str, into: &mut Listing) {
     }
 }
 
+/// A chain's content as written by a restore (None: deleted).
+type Written = ((Table, String), Option<Vec<String>>);
+
 /// What one sync did.
 #[derive(Debug, Default)]
 pub struct SyncStats {
@@ -352,8 +355,7 @@ impl Proxier {
         let (input, stats, next) = self.plan(changes, listing.as_ref());
         match self.ipt.restore(&input) {
             Ok(()) => {
-                self.written = next;
-                self.relist = false;
+                self.commit(next);
                 Ok(stats)
             }
             Err(e) => {
@@ -365,12 +367,11 @@ impl Proxier {
 
     /// Updates the rendered services and returns the restore input, its stats and the chain
     /// contents the kernel holds once it is applied.
-    #[allow(clippy::type_complexity)]
     fn plan(
         &mut self,
         changes: &Changes,
         listing: Option<&Listing>,
-    ) -> (String, SyncStats, BTreeMap<(Table, String), Vec<String>>) {
+    ) -> (String, SyncStats, Vec<Written>) {
         let full = changes.full || listing.is_some();
         let mut updates: Vec<(ServiceKey, Vec<ServicePort>)> = changes
             .services
@@ -429,7 +430,7 @@ impl Proxier {
             let content = self.shared_content(&tc);
             desired.insert(tc, content);
         }
-        let mut next = self.written.clone();
+        let mut next: Vec<Written> = Vec::new();
         let mut stats = SyncStats {
             full,
             services: changes.services.len(),
@@ -459,14 +460,14 @@ impl Proxier {
                 for r in rules {
                     let _ = writeln!(body, "-A {c} {r}");
                 }
-                next.insert((*t, c.clone()), rules.clone());
+                next.push(((*t, c.clone()), Some(rules.clone())));
             }
             if table == Table::Nat {
                 for c in &dropped {
                     stats.chains_deleted += 1;
                     let _ = writeln!(decl, ":{c} - [0:0]");
                     let _ = writeln!(tail, "-X {c}");
-                    next.remove(&(Table::Nat, c.clone()));
+                    next.push(((Table::Nat, c.clone()), None));
                 }
             }
             // Built-in jumps, only where missing (known from a listing).
@@ -488,6 +489,17 @@ impl Proxier {
         }
         stats.bytes = text.len();
         (text, stats, next)
+    }
+
+    /// Records what a successful restore wrote.
+    fn commit(&mut self, written: Vec<Written>) {
+        for (tc, rules) in written {
+            match rules {
+                Some(r) => self.written.insert(tc, r),
+                None => self.written.remove(&tc),
+            };
+        }
+        self.relist = false;
     }
 
     fn replace(&mut self, key: &ServiceKey, ports: Vec<ServicePort>) {
@@ -679,8 +691,7 @@ mod tests {
             self.kernel
                 .restore(&text)
                 .unwrap_or_else(|e| panic!("{e}\n{text}"));
-            self.proxier.written = next;
-            self.proxier.relist = false;
+            self.proxier.commit(next);
             stats
         }
 
