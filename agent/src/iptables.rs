@@ -30,20 +30,17 @@ pub enum Backend {
 /// The three programs of one iptables backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Iptables {
-    pub name: &'static str,
     pub iptables: &'static str,
     pub restore: &'static str,
     pub save: &'static str,
 }
 
 const LEGACY: Iptables = Iptables {
-    name: "legacy",
     iptables: "iptables-legacy",
     restore: "iptables-legacy-restore",
     save: "iptables-legacy-save",
 };
 const NFT: Iptables = Iptables {
-    name: "nft",
     iptables: "iptables",
     restore: "iptables-restore",
     save: "iptables-save",
@@ -70,7 +67,7 @@ impl Iptables {
 
     /// `iptables -w 5 ARGS`; Ok(false) when the command ran and failed (as `-C` does for a
     /// missing rule).
-    pub fn check(&self, args: &[&str]) -> Result<bool, IptablesError> {
+    pub fn run(&self, args: &[&str]) -> Result<bool, IptablesError> {
         let out = Command::new(self.iptables)
             .args(["-w", "5"])
             .args(args)

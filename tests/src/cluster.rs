@@ -214,24 +214,7 @@ impl Cluster {
         ip(&["link", "set", &host, "up"])?;
         for i in 1..=self.spec.nodes {
             let ns = self.node_ns(i);
-            ip(&["netns", "add", &ns])?;
-            let port = format!("n{i}");
-            ip(&[
-                "-n", &ul, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
-                &ns,
-            ])?;
-            ip(&["-n", &ul, "link", "set", &port, "master", "br0", "up"])?;
-            ip(&[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{}/24", self.node_ip(i)),
-                "dev",
-                "eth0",
-            ])?;
-            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+            self.attach_host(&ns, &format!("n{i}"), self.node_ip(i))?;
             // Real nodes reach ClusterIPs through their default route; these have none, and
             // without any route a node's own connection fails before the proxy's DNAT.
             ip(&[
@@ -245,31 +228,32 @@ impl Cluster {
             ])?;
         }
         let ext = self.external_ns();
-        ip(&["netns", "add", &ext])?;
+        self.attach_host(&ext, "x", self.external_ip())?;
+        let via = self.node_ip(1).to_string();
+        let eip = format!("{}/32", self.external_service_ip());
+        ip(&["-n", &ext, "route", "add", &eip, "via", &via])?;
+        Ok(())
+    }
+
+    /// A new namespace `ns` whose eth0 sits on the underlay bridge (as port `port`) with `addr`.
+    fn attach_host(&self, ns: &str, port: &str, addr: Ipv4Addr) -> Result<()> {
+        let ul = self.underlay_ns();
+        ip(&["netns", "add", ns])?;
         ip(&[
-            "-n", &ul, "link", "add", "x", "type", "veth", "peer", "name", "eth0", "netns", &ext,
+            "-n", &ul, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns,
         ])?;
-        ip(&["-n", &ul, "link", "set", "x", "master", "br0", "up"])?;
+        ip(&["-n", &ul, "link", "set", port, "master", "br0", "up"])?;
         ip(&[
             "-n",
-            &ext,
+            ns,
             "addr",
             "add",
-            &format!("{}/24", self.external_ip()),
+            &format!("{addr}/24"),
             "dev",
             "eth0",
         ])?;
-        ip(&["-n", &ext, "link", "set", "eth0", "up"])?;
-        ip(&["-n", &ext, "link", "set", "lo", "up"])?;
-        ip(&[
-            "-n",
-            &ext,
-            "route",
-            "add",
-            &format!("{}/32", self.external_service_ip()),
-            "via",
-            &self.node_ip(1).to_string(),
-        ])?;
+        ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+        ip(&["-n", ns, "link", "set", "lo", "up"])?;
         Ok(())
     }
 
@@ -416,16 +400,12 @@ impl Cluster {
 
     /// A command run on the external host.
     pub fn in_external(&self, program: &str) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.external_ns(), program]);
-        cmd
+        in_ns(&self.external_ns(), program)
     }
 
     /// A command run inside node `i`'s network namespace.
     pub fn in_node(&self, i: usize, program: &str) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.node_ns(i), program]);
-        cmd
+        in_ns(&self.node_ns(i), program)
     }
 
     pub fn kubectl(&self, args: &[&str]) -> Result<String> {
@@ -493,6 +473,12 @@ impl Drop for Cluster {
             eprintln!("bringing cluster {} down: {e:#}", self.spec.name);
         }
     }
+}
+
+fn in_ns(ns: &str, program: &str) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns, program]);
+    cmd
 }
 
 fn tail(text: &str, n: usize) -> String {

@@ -8,7 +8,7 @@ mod common;
 
 use std::process::{Command, Stdio};
 
-use common::{PodInfo, eventually, in_pod, pods, prerequisites};
+use common::{PodInfo, eventually, in_pod, ip_of, pods, prerequisites};
 
 const DEPLOYMENT: &str = r#"
 apiVersion: apps/v1
@@ -39,10 +39,6 @@ fn udp_client_ip(from: &PodInfo, to_ip: &str) -> Result<String, String> {
         &from.container,
         &format!("/netexec dial-udp {to_ip}:8081 clientip"),
     )
-}
-
-fn ip_of(addr: &str) -> &str {
-    addr.rsplit_once(':').map_or(addr, |(ip, _)| ip)
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{PodInfo, eventually, in_pod, json, pods, prerequisites};
+use common::{PodInfo, eventually, in_pod, ip_of, json, pods, prerequisites};
 use skiff_e2e::cluster::Cluster;
 
 fn manifests(node1: &str, external_ip: &str) -> String {
@@ -122,34 +122,21 @@ enum From<'a> {
 }
 
 fn output(mut cmd: Command) -> Result<String, String> {
-    let out = cmd.output().map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-    }
+    skiff_e2e::cluster::run(&mut cmd)
+        .map(|o| o.trim().to_owned())
+        .map_err(|e| e.to_string())
 }
 
 /// An HTTP GET bounded to `secs`.
 fn get(c: &Cluster, from: &From, url: &str, secs: u32) -> Result<String, String> {
     let secs = secs.to_string();
-    match from {
-        From::Pod(p) => in_pod(&p.container, &format!("timeout {secs} wget -qO- {url}")),
-        From::Node(i) => {
-            let mut cmd = c.in_node(*i, "timeout");
-            cmd.args([&secs, "busybox", "wget", "-qO-", url]);
-            output(cmd)
-        }
-        From::External => {
-            let mut cmd = c.in_external("timeout");
-            cmd.args([&secs, "busybox", "wget", "-qO-", url]);
-            output(cmd)
-        }
-    }
-}
-
-fn ip_of(addr: &str) -> &str {
-    addr.rsplit_once(':').map_or(addr, |(ip, _)| ip)
+    let mut cmd = match from {
+        From::Pod(p) => return in_pod(&p.container, &format!("timeout {secs} wget -qO- {url}")),
+        From::Node(i) => c.in_node(*i, "timeout"),
+        From::External => c.in_external("timeout"),
+    };
+    cmd.args([&secs, "busybox", "wget", "-qO-", url]);
+    output(cmd)
 }
 
 struct Suite {
@@ -193,22 +180,30 @@ impl Suite {
         self.clients.iter().find(|p| p.node == name).unwrap()
     }
 
-    fn wait_web(&mut self) {
-        let c = &self.c;
-        eventually(c, "4 web pods, 1 solo pod and 2 clients ready", 120, || {
-            let w = pods(c, "app=web");
-            let s = pods(c, "app=solo");
-            let k = pods(c, "app=client");
-            w.len() == 4
-                && w.iter().all(|p| p.ready)
-                && s.len() == 1
-                && s[0].ready
-                && k.len() == 2
-                && k.iter().all(|p| p.ready)
-        });
-        self.web = pods(c, "app=web");
-        self.clients = pods(c, "app=client");
-        self.solo = pods(c, "app=solo").remove(0);
+    /// Waits for the workloads of `manifests` to be ready.
+    fn new(c: Cluster) -> Self {
+        eventually(
+            &c,
+            "4 web pods, 1 solo pod and 2 clients ready",
+            120,
+            || {
+                let w = pods(&c, "app=web");
+                let s = pods(&c, "app=solo");
+                let k = pods(&c, "app=client");
+                w.len() == 4
+                    && w.iter().all(|p| p.ready)
+                    && s.len() == 1
+                    && s[0].ready
+                    && k.len() == 2
+                    && k.iter().all(|p| p.ready)
+            },
+        );
+        Self {
+            web: pods(&c, "app=web"),
+            clients: pods(&c, "app=client"),
+            solo: pods(&c, "app=solo").remove(0),
+            c,
+        }
     }
 }
 
@@ -221,19 +216,7 @@ fn conformance(mode: &str) {
     let eip = c.external_service_ip().to_string();
     c.kubectl_in(&["apply", "-f", "-"], Some(&manifests(&node1, &eip)))
         .unwrap();
-    let mut s = Suite {
-        c,
-        web: Vec::new(),
-        clients: Vec::new(),
-        solo: PodInfo {
-            name: String::new(),
-            node: String::new(),
-            ip: String::new(),
-            container: String::new(),
-            ready: false,
-        },
-    };
-    s.wait_web();
+    let s = Suite::new(c);
     let nodes: BTreeSet<_> = s.web.iter().map(|p| p.node.clone()).collect();
     assert_eq!(nodes.len(), 2, "web spreads over both nodes: {:?}", s.web);
     let all: BTreeSet<String> = s.web.iter().map(|p| p.name.clone()).collect();

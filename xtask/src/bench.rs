@@ -145,10 +145,15 @@ impl Controlplane {
     }
 
     pub async fn client(&self) -> Result<kube::Client> {
-        let kc = Kubeconfig::read_from(&self.kubeconfig)?;
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
-        Ok(kube::Client::try_from(cfg)?)
+        client(&self.kubeconfig).await
     }
+}
+
+/// An API client from a kubeconfig file.
+pub async fn client(kubeconfig: &Path) -> Result<kube::Client> {
+    let kc = Kubeconfig::read_from(kubeconfig)?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    Ok(kube::Client::try_from(cfg)?)
 }
 
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -633,8 +638,9 @@ fn container_pid(c: &skiff_e2e::cluster::Cluster, pod: &str) -> Result<String> {
     .to_owned())
 }
 
-fn pinned_pod(name: &str, node: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"bench": "overlay"}},
+/// A netexec pod on `node`, labelled `bench=<bench>`.
+pub fn pinned_pod(name: &str, node: &str, bench: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"bench": bench}},
            "spec": {"nodeSelector": {"kubernetes.io/hostname": node},
                     "containers": [{"name": "netexec", "image": "skiff.local/netexec:latest", "imagePullPolicy": "Never"}]}})
 }
@@ -679,17 +685,11 @@ fn wait_ready(
 const STARTUP_RATE: f64 = 5.0;
 
 fn overlay(startup_pods: usize, seconds: u64) -> Result<()> {
-    let name = "bench";
-    if crate::cluster::state_dir(name)
-        .join("cluster.json")
-        .exists()
-    {
-        skiff_e2e::cluster::down(&crate::cluster::state_dir(name))?;
-    }
-    let c = crate::cluster::up(name, 2, crate::cluster::ProxyMode::Iptables)?;
+    let c = crate::cluster::fresh("bench", 2, crate::cluster::ProxyMode::Iptables, &[])?;
     let (n1, n2) = (c.node_name(1), c.node_name(2));
     let pods = json!({"apiVersion": "v1", "kind": "List", "items": [
-        pinned_pod("server", &n1), pinned_pod("client-same-node", &n1), pinned_pod("client-other-node", &n2)]});
+        pinned_pod("server", &n1, "overlay"), pinned_pod("client-same-node", &n1, "overlay"),
+        pinned_pod("client-other-node", &n2, "overlay")]});
     c.kubectl_in(&["apply", "-f", "-"], Some(&pods.to_string()))?;
     wait_ready(
         &c,
@@ -746,11 +746,7 @@ fn overlay(startup_pods: usize, seconds: u64) -> Result<()> {
     let startup = |label: &str, rate: Option<f64>| -> Result<Vec<f64>> {
         let t0 = Instant::now();
         let mut created = std::collections::BTreeMap::new();
-        let pod = |i: usize| {
-            let mut p = pinned_pod(&format!("{label}-{i}"), &n1);
-            p["metadata"]["labels"] = json!({"bench": label});
-            p
-        };
+        let pod = |i: usize| pinned_pod(&format!("{label}-{i}"), &n1, label);
         match rate {
             Some(r) => {
                 for i in 0..startup_pods {

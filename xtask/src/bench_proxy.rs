@@ -13,11 +13,10 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::{Value, json};
 use skiff_e2e::cluster::Cluster;
 
-use crate::bench::{out_dir, percentile, svg_bars};
+use crate::bench::{client, out_dir, percentile, pinned_pod, svg_bars};
 use crate::cluster::ProxyMode;
 
 const ENDPOINTS: usize = 10;
@@ -129,20 +128,6 @@ fn fake_endpoints(i: usize) -> Vec<Ipv4Addr> {
 
 /// `took_ms` of the agent's full syncs logged so far, with their service counts.
 fn full_syncs(log: &str) -> Vec<(usize, f64)> {
-    let plain: String = {
-        // Strip ANSI colour sequences.
-        let mut out = String::with_capacity(log.len());
-        let mut esc = false;
-        for ch in log.chars() {
-            match (esc, ch) {
-                (false, '\x1b') => esc = true,
-                (true, 'm') => esc = false,
-                (true, _) => {}
-                (false, c) => out.push(c),
-            }
-        }
-        out
-    };
     let field = |line: &str, key: &str| -> Option<f64> {
         let rest = &line[line.find(key)? + key.len()..];
         rest.split(|c: char| !c.is_ascii_digit() && c != '.')
@@ -150,8 +135,7 @@ fn full_syncs(log: &str) -> Vec<(usize, f64)> {
             .parse()
             .ok()
     };
-    plain
-        .lines()
+    log.lines()
         .filter(|l| l.contains("proxy full sync"))
         .filter_map(|l| Some((field(l, "services=")? as usize, field(l, "took_ms=")?)))
         .collect()
@@ -196,15 +180,8 @@ pub fn run(
     changes: usize,
     requests: usize,
 ) -> Result<()> {
-    let name = "bproxy";
-    if crate::cluster::state_dir(name)
-        .join("cluster.json")
-        .exists()
-    {
-        skiff_e2e::cluster::down(&crate::cluster::state_dir(name))?;
-    }
-    let c = crate::cluster::up_with(
-        name,
+    let c = crate::cluster::fresh(
+        "bproxy",
         1,
         mode,
         &[
@@ -272,13 +249,9 @@ async fn measure(
     changes: usize,
     requests: usize,
 ) -> Result<Vec<Value>> {
-    let kc = Kubeconfig::read_from(&c.kubeconfig)?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
-    let client = kube::Client::try_from(cfg)?;
+    let client = client(&c.kubeconfig).await?;
     let node = c.node_name(1);
-    let server = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "server", "labels": {"bench": "proxy"}},
-        "spec": {"nodeSelector": {"kubernetes.io/hostname": node},
-                 "containers": [{"name": "netexec", "image": "skiff.local/netexec:latest", "imagePullPolicy": "Never"}]}});
+    let server = pinned_pod("server", &node, "proxy");
     c.kubectl_in(&["apply", "-f", "-"], Some(&server.to_string()))?;
     let mut pod_ip = String::new();
     let t0 = Instant::now();
@@ -362,12 +335,13 @@ async fn measure(
             s.sort_by(f64::total_cmp);
             json!({"p50": percentile(&s, 0.5), "p99": percentile(&s, 0.99), "n": s.len()})
         };
+        let change = stats(&change_ms);
         let mut sorted_full = full.clone();
         sorted_full.sort_by(f64::total_cmp);
         results.push(json!({
             "services": scale,
             "full_sync_ms": {"median": percentile(&sorted_full, 0.5), "max": sorted_full.last(), "samples": full},
-            "change_ms": {"p50": stats(&change_ms)["p50"], "p99": stats(&change_ms)["p99"], "samples": change_ms},
+            "change_ms": {"p50": change["p50"], "p99": change["p99"], "samples": change_ms},
             "connect_ms": {"cluster_ip": stats(&lats[0]), "pod_ip": stats(&lats[1])},
         }));
     }

@@ -72,8 +72,17 @@ pub fn up(name: &str, nodes: usize, mode: ProxyMode) -> Result<Cluster> {
     up_with(name, nodes, mode, &[])
 }
 
-/// `up` with extra agent flags.
-pub fn up_with(name: &str, nodes: usize, mode: ProxyMode, agent_flags: &[&str]) -> Result<Cluster> {
+/// A cluster for the demo and the benchmarks: one left by an earlier run under the same name
+/// is removed first.
+pub fn fresh(name: &str, nodes: usize, mode: ProxyMode, agent_flags: &[&str]) -> Result<Cluster> {
+    if state_dir(name).join("cluster.json").exists() {
+        eprintln!("removing the previous cluster {name}");
+        skiff_e2e::cluster::down(&state_dir(name))?;
+    }
+    up_with(name, nodes, mode, agent_flags)
+}
+
+fn up_with(name: &str, nodes: usize, mode: ProxyMode, agent_flags: &[&str]) -> Result<Cluster> {
     crate::setup::run()?;
     sh(cargo().args([
         "build",

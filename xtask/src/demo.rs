@@ -37,11 +37,7 @@ spec:
 "#;
 
 pub fn run() -> Result<()> {
-    if state_dir(NAME).join("cluster.json").exists() {
-        eprintln!("demo: removing the previous demo cluster");
-        skiff_e2e::cluster::down(&state_dir(NAME))?;
-    }
-    let c = crate::cluster::up(NAME, 2, ProxyMode::Iptables)?;
+    let c = crate::cluster::fresh(NAME, 2, ProxyMode::Iptables, &[])?;
     println!(
         "\n$ kubectl get nodes -o wide\n{}",
         c.kubectl(&["get", "nodes", "-o", "wide"])?

@@ -4,9 +4,7 @@
 
 use std::net::Ipv4Addr;
 
-use futures::TryStreamExt;
 use ipnet::Ipv4Net;
-use netlink_packet_route::address::AddressAttribute;
 use rtnetlink::{LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use super::{NetworkError, link_index};
@@ -33,20 +31,7 @@ pub async fn ensure_bridge(
                 .ok_or_else(|| NetworkError::NoSuchLink(BRIDGE.into()))?
         }
     };
-    let mut has = false;
-    let mut addrs = handle
-        .address()
-        .get()
-        .set_link_index_filter(index)
-        .execute();
-    while let Some(a) = addrs.try_next().await? {
-        if a.attributes.iter().any(
-            |x| matches!(x, AddressAttribute::Address(std::net::IpAddr::V4(ip)) if *ip == gateway),
-        ) {
-            has = true;
-        }
-    }
-    if !has {
+    if !super::ipv4_addrs(handle, index).await?.contains(&gateway) {
         handle
             .address()
             .add(index, gateway.into(), prefix)

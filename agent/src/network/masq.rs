@@ -37,8 +37,8 @@ pub fn apply(ipt: &Iptables, cluster_cidr: Ipv4Net, pod_cidr: Ipv4Net) -> Result
         ("nat", "POSTROUTING", NAT_CHAIN),
         ("filter", "FORWARD", FORWARD_CHAIN),
     ] {
-        if !ipt.check(&["-t", table, "-C", hook, "-j", chain])?
-            && !ipt.check(&["-t", table, "-A", hook, "-j", chain])?
+        if !ipt.run(&["-t", table, "-C", hook, "-j", chain])?
+            && !ipt.run(&["-t", table, "-A", hook, "-j", chain])?
         {
             return Err(NetworkError::Iptables(format!(
                 "cannot add the jump from {table}/{hook} to {chain}"

@@ -145,26 +145,35 @@ pub async fn uplink(iface: Option<&str>) -> Result<Uplink, NetworkError> {
             _ => None,
         })
         .unwrap_or(1500);
+    match ipv4_addrs(&handle, index).await?.first() {
+        Some(&address) => Ok(Uplink {
+            name,
+            index,
+            address,
+            mtu,
+        }),
+        None => Err(NetworkError::NoAddress(name)),
+    }
+}
+
+/// The IPv4 addresses of a link, in the kernel's order.
+pub async fn ipv4_addrs(
+    handle: &rtnetlink::Handle,
+    index: u32,
+) -> Result<Vec<Ipv4Addr>, NetworkError> {
     let mut addrs = handle
         .address()
         .get()
         .set_link_index_filter(index)
         .execute();
+    let mut out = Vec::new();
     while let Some(a) = addrs.try_next().await? {
-        let v4 = a.attributes.iter().find_map(|attr| match attr {
+        out.extend(a.attributes.iter().filter_map(|attr| match attr {
             AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
             _ => None,
-        });
-        if let Some(address) = v4 {
-            return Ok(Uplink {
-                name,
-                index,
-                address,
-                mtu,
-            });
-        }
+        }));
     }
-    Err(NetworkError::NoAddress(name))
+    Ok(out)
 }
 
 /// The cluster's networks, as the controlplane publishes them.

@@ -7,58 +7,61 @@ use std::process::{Command, Stdio};
 
 use super::model::{Protocol, ServicePort};
 
+/// Where clients reach a port: its ClusterIP and external IPs, and its NodePort.
+fn frontends(p: &ServicePort) -> (Vec<String>, Option<u16>) {
+    let ips = p
+        .cluster_ip
+        .into_iter()
+        .chain(p.external_ips.iter().copied())
+        .map(|ip| ip.to_string())
+        .collect();
+    (ips, p.node_port)
+}
+
 /// `conntrack` argument lists that clear what `old -> new` left stale.
 pub fn stale_entries(old: &[ServicePort], new: &[ServicePort]) -> Vec<Vec<String>> {
+    let udp = |p: &&ServicePort| p.protocol == Protocol::Udp;
+    let mut names: Vec<&str> = old
+        .iter()
+        .chain(new)
+        .filter(udp)
+        .map(|p| p.name.as_str())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
     let mut out = Vec::new();
-    for n in new.iter().filter(|p| p.protocol == Protocol::Udp) {
-        let Some(vip) = n.cluster_ip else { continue };
-        let o = old
-            .iter()
-            .find(|o| o.name == n.name && o.protocol == n.protocol);
-        let before: Vec<_> = o.map(|o| o.cluster_endpoints()).unwrap_or_default();
-        let after = n.cluster_endpoints();
-        let dests: Vec<String> = std::iter::once(vip)
-            .chain(n.external_ips.iter().copied())
-            .map(|ip| ip.to_string())
-            .collect();
-        if before.is_empty() && !after.is_empty() {
-            // Entries made while the service rejected everything.
-            for d in &dests {
-                out.push(args(&["--orig-dst", d]));
+    for name in names {
+        let this = |p: &&ServicePort| p.name == name && p.protocol == Protocol::Udp;
+        let (o, n) = (old.iter().find(this), new.iter().find(this));
+        let before = o.map(ServicePort::cluster_endpoints).unwrap_or_default();
+        let after = n.map(ServicePort::cluster_endpoints).unwrap_or_default();
+        if let Some(n) = n
+            && before.is_empty()
+            && !after.is_empty()
+        {
+            // Entries made while the service rejected everything: never translated, so their
+            // reply comes from the frontend itself (translated ones are left alone).
+            let (ips, node_port) = frontends(n);
+            for d in &ips {
+                out.push(args(&["--orig-dst", d, "--reply-src", d]));
             }
-            if let Some(np) = n.node_port {
-                out.push(args(&["--dport", &np.to_string()]));
+            if let Some(np) = node_port {
+                let np = np.to_string();
+                out.push(args(&["--dport", &np, "--reply-port-src", &np]));
             }
         }
+        let Some(o) = o else { continue };
+        let (ips, node_port) = frontends(o);
         for gone in before
             .iter()
             .filter(|e| !after.iter().any(|a| a.ip == e.ip))
         {
             let ep = gone.ip.to_string();
-            for d in &dests {
+            for d in &ips {
                 out.push(args(&["--orig-dst", d, "--dst-nat", &ep]));
             }
-            if let Some(np) = n.node_port {
+            if let Some(np) = node_port {
                 out.push(args(&["--dport", &np.to_string(), "--dst-nat", &ep]));
-            }
-        }
-    }
-    // A UDP service that disappeared: its endpoints are stale too.
-    for o in old.iter().filter(|p| p.protocol == Protocol::Udp) {
-        if new
-            .iter()
-            .any(|n| n.name == o.name && n.protocol == o.protocol)
-        {
-            continue;
-        }
-        if let Some(vip) = o.cluster_ip {
-            for e in o.cluster_endpoints() {
-                out.push(args(&[
-                    "--orig-dst",
-                    &vip.to_string(),
-                    "--dst-nat",
-                    &e.ip.to_string(),
-                ]));
             }
         }
     }
@@ -151,11 +154,23 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                args(&["--orig-dst", "10.96.0.10"]),
-                args(&["--dport", "30053"])
+                args(&["--orig-dst", "10.96.0.10", "--reply-src", "10.96.0.10"]),
+                args(&["--dport", "30053", "--reply-port-src", "30053"])
             ]
         );
         assert!(stale_entries(&[udp(&[1])], &[udp(&[1])]).is_empty());
+    }
+
+    #[test]
+    fn a_deleted_service_loses_entries_of_every_frontend() {
+        let got = stale_entries(&[udp(&[1])], &[]);
+        assert_eq!(
+            got,
+            vec![
+                args(&["--orig-dst", "10.96.0.10", "--dst-nat", "10.244.1.1"]),
+                args(&["--dport", "30053", "--dst-nat", "10.244.1.1"]),
+            ]
+        );
     }
 
     #[test]

@@ -50,6 +50,8 @@ impl HealthServers {
         for port in gone {
             if let Some(s) = self.servers.remove(&port) {
                 s.task.abort();
+                // Wait until its listener is closed: the port may be bound again below.
+                let _ = s.task.await;
             }
         }
         for (port, (key, local)) in want {

@@ -19,7 +19,7 @@ use kube::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 
 use crate::iptables::Iptables;
-use model::{Model, ServiceKey, ServicePort};
+use model::{Model, ServiceKey};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -78,7 +78,7 @@ pub async fn run(
     let (mut have_services, mut have_slices) = (false, false);
     let mut proxier = Some(iptables::Proxier::new(cfg.iptables, cfg.cluster_cidr));
     let mut health = health::HealthServers::default();
-    let mut checks: BTreeMap<ServiceKey, (u16, usize)> = BTreeMap::new();
+    let mut checks: BTreeMap<u16, (ServiceKey, usize)> = BTreeMap::new();
     let mut last_sync: Option<Instant> = None;
     let mut last_full = Instant::now();
     let mut failures: u32 = 0;
@@ -116,22 +116,17 @@ pub async fn run(
                 Some(Err(e)) => tracing::warn!("watching endpointslices: {e}"),
                 None => break,
             },
-            () = tokio::time::sleep_until(full_due.into()) => {
+            () = tokio::time::sleep_until(full_due.into()), if !model.full_pending() => {
                 model.force_full();
             }
             () = tokio::time::sleep_until(earliest.into()), if ready => {
                 let changes = model.take_changes();
                 let Some(mut p) = proxier.take() else { break };
-                let old: BTreeMap<ServiceKey, Vec<ServicePort>> = changes
-                    .services
-                    .keys()
-                    .map(|k| (k.clone(), p.ports(k).to_vec()))
-                    .collect();
                 let started = Instant::now();
                 last_sync = Some(started);
-                let (p, changes, result) = match tokio::task::spawn_blocking(move || {
-                    let r = p.sync(&changes);
-                    (p, changes, r)
+                let (p, result) = match tokio::task::spawn_blocking(move || {
+                    let r = p.sync(changes);
+                    (p, r)
                 })
                 .await
                 {
@@ -141,53 +136,20 @@ pub async fn run(
                         break;
                     }
                 };
-                proxier = Some(p);
                 match result {
-                    Ok(stats) => {
+                    Ok((stats, previous)) => {
                         failures = 0;
+                        let took_ms = started.elapsed().as_millis() as u64;
                         if stats.full {
                             last_full = started;
+                            tracing::info!(services = stats.services, chains = stats.chains_written,
+                                bytes = stats.bytes, took_ms, "proxy full sync");
+                        } else {
+                            tracing::debug!(services = stats.services, chains = stats.chains_written,
+                                deleted = stats.chains_deleted, bytes = stats.bytes, took_ms,
+                                "proxy rules synced");
                         }
-                        if stats.full {
-                            tracing::info!(
-                                services = stats.services,
-                                chains = stats.chains_written,
-                                bytes = stats.bytes,
-                                took_ms = started.elapsed().as_millis() as u64,
-                                "proxy full sync"
-                            );
-                        }
-                        tracing::debug!(
-                            full = stats.full,
-                            services = stats.services,
-                            chains = stats.chains_written,
-                            deleted = stats.chains_deleted,
-                            bytes = stats.bytes,
-                            took_ms = started.elapsed().as_millis() as u64,
-                            "proxy rules synced"
-                        );
-                        let mut stale = Vec::new();
-                        if stats.full {
-                            checks.clear();
-                        }
-                        for (k, ports) in &changes.services {
-                            if let Some(before) = old.get(k) {
-                                stale.extend(conntrack::stale_entries(before, ports));
-                            }
-                            checks.remove(k);
-                            if let Some(p) = ports.iter().find(|p| p.health_check_node_port.is_some()) {
-                                let port = p.health_check_node_port.unwrap_or_default();
-                                checks.insert(k.clone(), (port, p.local_endpoints().len()));
-                            }
-                        }
-                        if !stale.is_empty() {
-                            let _ = tokio::task::spawn_blocking(move || conntrack::clear(&stale)).await;
-                        }
-                        let want = checks
-                            .iter()
-                            .map(|(k, (port, n))| (*port, (k.clone(), *n)))
-                            .collect();
-                        health.update(&want).await;
+                        after_sync(&p, stats.full, previous, &mut checks, &mut health).await;
                     }
                     Err(e) => {
                         failures += 1;
@@ -195,10 +157,42 @@ pub async fn run(
                         model.force_full();
                     }
                 }
+                proxier = Some(p);
             }
         }
     }
     Ok(())
+}
+
+/// What follows a successful sync: stale UDP conntrack entries go, and the health check
+/// servers follow the changed services' local endpoint counts.
+async fn after_sync(
+    p: &iptables::Proxier,
+    full: bool,
+    previous: iptables::Previous,
+    checks: &mut BTreeMap<u16, (ServiceKey, usize)>,
+    health: &mut health::HealthServers,
+) {
+    let mut stale = Vec::new();
+    if full {
+        checks.clear();
+    }
+    for (k, before) in &previous {
+        let now = p.ports(k);
+        stale.extend(conntrack::stale_entries(before, now));
+        checks.retain(|_, (key, _)| key != k);
+        if let Some((port, sp)) = now
+            .iter()
+            .find_map(|sp| Some((sp.health_check_node_port?, sp)))
+        {
+            checks.insert(port, (k.clone(), sp.local_endpoints().len()));
+        }
+    }
+    if !stale.is_empty() {
+        let _ = tokio::task::spawn_blocking(move || conntrack::clear(&stale)).await;
+    }
+    // Every time, so that a port that could not be bound is tried again.
+    health.update(checks).await;
 }
 
 /// Folds one watch event into the model; returns the complete list at the end of a (re)list.

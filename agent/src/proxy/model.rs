@@ -178,6 +178,11 @@ impl Model {
         self.full || !self.changed.is_empty()
     }
 
+    /// A full sync is already due.
+    pub fn full_pending(&self) -> bool {
+        self.full
+    }
+
     /// The next sync rewrites everything (after a failure, or periodically).
     pub fn force_full(&mut self) {
         self.full = true;
@@ -202,10 +207,19 @@ impl Model {
         }
     }
 
-    /// Replaces all Services after a (re)list.
+    /// Replaces all Services after a (re)list; only what differs is marked changed.
     pub fn replace_services(&mut self, all: Vec<Service>) {
-        let old = std::mem::take(&mut self.services);
-        self.changed.extend(old.into_keys());
+        let listed: BTreeSet<ServiceKey> = all.iter().filter_map(key_of_service).collect();
+        let gone: Vec<ServiceKey> = self
+            .services
+            .keys()
+            .filter(|k| !listed.contains(*k))
+            .cloned()
+            .collect();
+        for k in gone {
+            self.services.remove(&k);
+            self.changed.insert(k);
+        }
         for s in all {
             self.upsert_service(s);
         }
@@ -255,10 +269,21 @@ impl Model {
         }
     }
 
+    /// Replaces all slices after a (re)list; only what differs is marked changed.
     pub fn replace_slices(&mut self, all: Vec<EndpointSlice>) {
-        self.slice_owner.clear();
-        let old = std::mem::take(&mut self.slices);
-        self.changed.extend(old.into_keys());
+        let listed: BTreeSet<(String, String)> = all
+            .iter()
+            .filter_map(|s| Some(key_of_slice(s)?.0))
+            .collect();
+        let gone: Vec<((String, String), ServiceKey)> = self
+            .slice_owner
+            .iter()
+            .filter(|(k, _)| !listed.contains(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (skey, svc) in gone {
+            self.remove_slice(&skey, &svc);
+        }
         for s in all {
             self.upsert_slice(s);
         }
@@ -379,12 +404,11 @@ pub fn service_ports(
                     terminating: cond.and_then(|c| c.terminating).unwrap_or(false),
                     local: ep.node_name.as_deref() == Some(node),
                 };
-                if !endpoints.contains(&endpoint) {
-                    endpoints.push(endpoint);
-                }
+                endpoints.push(endpoint);
             }
         }
         endpoints.sort();
+        endpoints.dedup();
         out.push(ServicePort {
             service: key.clone(),
             name,
@@ -426,6 +450,13 @@ mod tests {
         .unwrap()
     }
 
+    fn web_key() -> ServiceKey {
+        ServiceKey {
+            namespace: "default".into(),
+            name: "web".into(),
+        }
+    }
+
     fn web() -> Service {
         svc(serde_json::json!({
             "metadata": {"name": "web", "namespace": "default"},
@@ -449,10 +480,7 @@ mod tests {
         ));
         let c = m.take_changes();
         assert!(c.full);
-        let ports = &c.services[&ServiceKey {
-            namespace: "default".into(),
-            name: "web".into(),
-        }];
+        let ports = &c.services[&web_key()];
         assert_eq!(ports.len(), 1);
         let p = &ports[0];
         assert_eq!(p.node_port, Some(30080));
@@ -476,10 +504,7 @@ mod tests {
                 {"addresses": ["10.244.2.6"], "conditions": {"ready": false, "serving": false, "terminating": true}},
             ]),
         ));
-        let ports = m.ports(&ServiceKey {
-            namespace: "default".into(),
-            name: "web".into(),
-        });
+        let ports = m.ports(&web_key());
         let eps = ports[0].cluster_endpoints();
         assert_eq!(eps.len(), 1);
         assert_eq!(eps[0].ip, Ipv4Addr::new(10, 244, 2, 5));
@@ -503,6 +528,20 @@ mod tests {
             c.services.values().all(Vec::is_empty),
             "a deleted service has no ports"
         );
+    }
+
+    #[test]
+    fn a_relist_marks_only_what_differs() {
+        let mut m = Model::new("n1");
+        m.replace_services(vec![web()]);
+        m.replace_slices(vec![slice("web-a", "web", serde_json::json!([]))]);
+        let _ = m.take_changes();
+        m.replace_services(vec![web()]);
+        m.replace_slices(vec![slice("web-a", "web", serde_json::json!([]))]);
+        assert!(!m.has_changes());
+        m.replace_slices(vec![]);
+        let c = m.take_changes();
+        assert_eq!(c.services.keys().collect::<Vec<_>>(), vec![&web_key()]);
     }
 
     #[test]

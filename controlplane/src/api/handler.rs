@@ -529,7 +529,6 @@ impl Api {
             if !wanted_rv.is_empty() && wanted_rv != rev.to_string() {
                 return Err(ApiError::modified(target(res, name)));
             }
-            let explicit = !wanted_rv.is_empty();
             let mut new = Self::finish_update(res, &current, desired, sub)?;
             let _claims = self
                 .admission
@@ -566,7 +565,9 @@ impl Api {
                     meta_mut(&mut new)?.insert("resourceVersion".into(), json!(rev.to_string()));
                     return Ok(new);
                 }
-                Err(StoreError::Conflict { .. }) if !explicit => continue,
+                // Read again: a stale resourceVersion the client sent fails the check above,
+                // one a patch inherited from the object it was applied to is fresh again.
+                Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(ApiError::from_store(e, target(res, name))),
             }
         }

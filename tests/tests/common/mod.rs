@@ -153,3 +153,8 @@ pub fn in_pod(container: &str, script: &str) -> Result<String, String> {
         ))
     }
 }
+
+/// The address of an `ip:port` that netexec reports as the client.
+pub fn ip_of(addr: &str) -> &str {
+    addr.rsplit_once(':').map_or(addr, |(ip, _)| ip)
+}

@@ -113,38 +113,72 @@ fn static_chains() -> Vec<((Table, String), Vec<String>)> {
     ]
 }
 
-/// Rules of one service port, by where they go.
+/// A chain holding rules of many services.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Shared {
+    /// `SKIFF-SVCS-XX`: ClusterIPs and external IPs whose low six bits are XX.
+    Bucket(u8),
+    NodePorts,
+    Hairpin,
+    /// filter `SKIFF-SERVICES`.
+    Reject,
+    /// filter `SKIFF-EXTERNAL-SERVICES`.
+    ExternalReject,
+}
+
+impl Shared {
+    fn all() -> impl Iterator<Item = Self> {
+        (0..BUCKETS).map(Self::Bucket).chain([
+            Self::NodePorts,
+            Self::Hairpin,
+            Self::Reject,
+            Self::ExternalReject,
+        ])
+    }
+
+    fn chain(self) -> (Table, String) {
+        match self {
+            Self::Bucket(b) => (Table::Nat, bucket_chain(b)),
+            Self::NodePorts => (Table::Nat, NODEPORTS.to_owned()),
+            Self::Hairpin => (Table::Nat, HAIRPIN.to_owned()),
+            Self::Reject => (Table::Filter, SERVICES.to_owned()),
+            Self::ExternalReject => (Table::Filter, EXTERNAL.to_owned()),
+        }
+    }
+}
+
+/// Rules of one service port: in shared chains, and in chains of its own (SKIFF-SVC-,
+/// SKIFF-SVL-, SKIFF-EXT-).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PortRules {
-    pub buckets: Vec<(u8, String)>,
-    pub nodeports: Vec<String>,
-    /// Chains owned by this port (SKIFF-SVC-, SKIFF-SVL-, SKIFF-EXT-), with their rules.
+    pub shared: Vec<(Shared, String)>,
     pub chains: Vec<(String, Vec<String>)>,
-    pub reject: Vec<String>,
-    pub external_reject: Vec<String>,
-    pub hairpin: Vec<Ipv4Addr>,
 }
 
-fn chain_name(prefix: &str, p: &ServicePort) -> String {
-    let h = fnv64a(format!("{}/{}", p.id(), p.protocol.as_str()).as_bytes());
-    format!("SKIFF-{prefix}-{h:016X}")
+/// `base` is the port's `id/protocol`, which every name derived from the port hashes.
+fn chain_name(prefix: &str, base: &str) -> String {
+    format!("SKIFF-{prefix}-{:016X}", fnv64a(base.as_bytes()))
 }
 
-fn recent_name(p: &ServicePort, e: &Endpoint) -> String {
-    let h = fnv64a(format!("{}/{}/{}:{}", p.id(), p.protocol.as_str(), e.ip, e.port).as_bytes());
+/// The `-m recent` list remembering which clients stick to endpoint `e`.
+fn recent_name(base: &str, e: &Endpoint) -> String {
+    let h = fnv64a(format!("{base}/{}:{}", e.ip, e.port).as_bytes());
     format!("SKIFF-{h:016X}")
 }
 
 /// Load-balancing rules: sticky entries first when affinity is on, then an even random choice.
-fn balance(p: &ServicePort, eps: &[&Endpoint]) -> Vec<String> {
+fn balance(p: &ServicePort, base: &str, eps: &[&Endpoint]) -> Vec<String> {
     let proto = p.protocol.as_str();
     let mut rules = Vec::new();
     let dnat = |e: &Endpoint| format!("-j DNAT --to-destination {}:{}", e.ip, e.port);
+    let recent: Vec<String> = match p.affinity_timeout {
+        Some(_) => eps.iter().map(|e| recent_name(base, e)).collect(),
+        None => Vec::new(),
+    };
     if let Some(t) = p.affinity_timeout {
-        for e in eps {
+        for (e, name) in eps.iter().zip(&recent) {
             rules.push(format!(
-                "-p {proto} -m recent --name {} --update --seconds {t} --reap {}",
-                recent_name(p, e),
+                "-p {proto} -m recent --name {name} --update --seconds {t} --reap {}",
                 dnat(e)
             ));
         }
@@ -159,11 +193,10 @@ fn balance(p: &ServicePort, eps: &[&Endpoint]) -> Vec<String> {
         } else {
             String::new()
         };
-        let set = if p.affinity_timeout.is_some() {
-            format!("-m recent --name {} --set ", recent_name(p, e))
-        } else {
-            String::new()
-        };
+        let set = recent
+            .get(i)
+            .map(|name| format!("-m recent --name {name} --set "))
+            .unwrap_or_default();
         rules.push(format!("-p {proto} {stat}{set}{}", dnat(e)));
     }
     rules
@@ -177,24 +210,31 @@ pub fn render_port(p: &ServicePort, cluster_cidr: Ipv4Net) -> PortRules {
     };
     let proto = p.protocol.as_str();
     let m = |port: u16| format!("-p {proto} -m {proto} --dport {port}");
-    let comment = format!("-m comment --comment \"{}\"", p.id());
+    let id = p.id();
+    let base = format!("{id}/{proto}");
+    let comment = format!("-m comment --comment \"{id}\"");
     let cluster = p.cluster_endpoints();
     let local = p.local_endpoints();
-    let svc = chain_name("SVC", p);
-    let svl = chain_name("SVL", p);
-    let ext = chain_name("EXT", p);
-    out.hairpin = local.iter().map(|e| e.ip).collect();
+    let svc = chain_name("SVC", &base);
+    let svl = chain_name("SVL", &base);
+    let ext = chain_name("EXT", &base);
+    out.shared.extend(local.iter().map(|e| {
+        (
+            Shared::Hairpin,
+            format!("-s {0}/32 -d {0}/32 -j MASQUERADE", e.ip),
+        )
+    }));
     if !cluster.is_empty() {
         let mut rules = vec![format!(
             "! -s {cluster_cidr} -d {vip}/32 {} {comment} -j {MARK_MASQ}",
             m(p.port)
         )];
-        rules.extend(balance(p, &cluster));
+        rules.extend(balance(p, &base, &cluster));
         out.chains.push((svc.clone(), rules));
     }
     let needs_local = p.internal_local || p.external_local;
     if needs_local && !local.is_empty() {
-        out.chains.push((svl.clone(), balance(p, &local)));
+        out.chains.push((svl.clone(), balance(p, &base, &local)));
     }
     // Traffic to the ClusterIP.
     let internal = if p.internal_local {
@@ -203,8 +243,8 @@ pub fn render_port(p: &ServicePort, cluster_cidr: Ipv4Net) -> PortRules {
         (!cluster.is_empty()).then(|| svc.clone())
     };
     match internal {
-        Some(target) => out.buckets.push((
-            bucket_of(vip),
+        Some(target) => out.shared.push((
+            Shared::Bucket(bucket_of(vip)),
             format!("-d {vip}/32 {} {comment} -j {target}", m(p.port)),
         )),
         None => {
@@ -213,8 +253,10 @@ pub fn render_port(p: &ServicePort, cluster_cidr: Ipv4Net) -> PortRules {
             } else {
                 "DROP"
             };
-            out.reject
-                .push(format!("-d {vip}/32 {} {comment} -j {verdict}", m(p.port)));
+            out.shared.push((
+                Shared::Reject,
+                format!("-d {vip}/32 {} {comment} -j {verdict}", m(p.port)),
+            ));
         }
     }
     if !p.has_external() {
@@ -226,8 +268,7 @@ pub fn render_port(p: &ServicePort, cluster_cidr: Ipv4Net) -> PortRules {
         if p.external_local {
             // Pods and the node itself may use any endpoint; others only local ones, unmasqueraded.
             rules.push(format!(
-                "-s {cluster_cidr} -m comment --comment \"pod traffic for {} external destinations\" -j {svc}",
-                p.id()
+                "-s {cluster_cidr} -m comment --comment \"pod traffic for {id} external destinations\" -j {svc}"
             ));
             rules.push(format!("-m addrtype --src-type LOCAL -j {MARK_MASQ}"));
             rules.push(format!("-m addrtype --src-type LOCAL -j {svc}"));
@@ -240,11 +281,12 @@ pub fn render_port(p: &ServicePort, cluster_cidr: Ipv4Net) -> PortRules {
         }
         out.chains.push((ext.clone(), rules));
         if let Some(np) = p.node_port {
-            out.nodeports.push(format!("{} {comment} -j {ext}", m(np)));
+            out.shared
+                .push((Shared::NodePorts, format!("{} {comment} -j {ext}", m(np))));
         }
         for eip in &p.external_ips {
-            out.buckets.push((
-                bucket_of(*eip),
+            out.shared.push((
+                Shared::Bucket(bucket_of(*eip)),
                 format!("-d {eip}/32 {} {comment} -j {ext}", m(p.port)),
             ));
         }
@@ -258,14 +300,19 @@ pub fn render_port(p: &ServicePort, cluster_cidr: Ipv4Net) -> PortRules {
     };
     if let Some(verdict) = verdict {
         if let Some(np) = p.node_port {
-            out.external_reject.push(format!(
-                "-m addrtype --dst-type LOCAL {} {comment} -j {verdict}",
-                m(np)
+            out.shared.push((
+                Shared::ExternalReject,
+                format!(
+                    "-m addrtype --dst-type LOCAL {} {comment} -j {verdict}",
+                    m(np)
+                ),
             ));
         }
         for eip in &p.external_ips {
-            out.external_reject
-                .push(format!("-d {eip}/32 {} {comment} -j {verdict}", m(p.port)));
+            out.shared.push((
+                Shared::ExternalReject,
+                format!("-d {eip}/32 {} {comment} -j {verdict}", m(p.port)),
+            ));
         }
     }
     out
@@ -302,6 +349,16 @@ fn parse_save(table: Table, text: &str, into: &mut Listing) {
 /// A chain's content as written by a restore (None: deleted).
 type Written = ((Table, String), Option<Vec<String>>);
 
+/// The ports changed services had before a sync.
+pub type Previous = Vec<(ServiceKey, Vec<ServicePort>)>;
+
+struct Plan {
+    input: String,
+    stats: SyncStats,
+    written: Vec<Written>,
+    previous: Previous,
+}
+
 /// What one sync did.
 #[derive(Debug, Default)]
 pub struct SyncStats {
@@ -316,12 +373,15 @@ pub struct Proxier {
     ipt: Iptables,
     cluster_cidr: Ipv4Net,
     services: BTreeMap<ServiceKey, (Vec<ServicePort>, Vec<PortRules>)>,
-    /// Services with a rule in each bucket chain.
-    buckets: Vec<BTreeSet<ServiceKey>>,
+    /// Services with rules in each shared chain.
+    members: BTreeMap<Shared, BTreeSet<ServiceKey>>,
     /// Content of our non-static chains as last written.
     written: BTreeMap<(Table, String), Vec<String>>,
     /// Read the kernel's state before the next write (first sync, after a failure).
     relist: bool,
+    /// Ports as last applied of services changed by failed syncs: the next successful sync
+    /// reports them as the previous state, so that no stale conntrack entry is missed.
+    unapplied: BTreeMap<ServiceKey, Vec<ServicePort>>,
 }
 
 impl Proxier {
@@ -330,9 +390,10 @@ impl Proxier {
             ipt,
             cluster_cidr,
             services: BTreeMap::new(),
-            buckets: vec![BTreeSet::new(); usize::from(BUCKETS)],
+            members: BTreeMap::new(),
             written: BTreeMap::new(),
             relist: true,
+            unapplied: BTreeMap::new(),
         }
     }
 
@@ -342,7 +403,9 @@ impl Proxier {
     }
 
     /// Applies the changes; on error the caller must make the next sync a full one.
-    pub fn sync(&mut self, changes: &Changes) -> Result<SyncStats, IptablesError> {
+    /// Applies the changes; returns what it did and the ports each changed service had before.
+    /// On error the caller must make the next sync a full one.
+    pub fn sync(&mut self, changes: Changes) -> Result<(SyncStats, Previous), IptablesError> {
         let listing = if self.relist {
             let mut l = Listing::default();
             for t in [Table::Nat, Table::Filter] {
@@ -352,11 +415,16 @@ impl Proxier {
         } else {
             None
         };
-        let (input, stats, next) = self.plan(changes, listing.as_ref());
-        match self.ipt.restore(&input) {
+        let plan = self.plan(changes, listing.as_ref());
+        // The oldest applied state of each service wins.
+        for (k, ports) in plan.previous {
+            self.unapplied.entry(k).or_insert(ports);
+        }
+        match self.ipt.restore(&plan.input) {
             Ok(()) => {
-                self.commit(next);
-                Ok(stats)
+                self.commit(plan.written);
+                let previous = std::mem::take(&mut self.unapplied).into_iter().collect();
+                Ok((plan.stats, previous))
             }
             Err(e) => {
                 self.relist = true;
@@ -365,56 +433,52 @@ impl Proxier {
         }
     }
 
-    /// Updates the rendered services and returns the restore input, its stats and the chain
-    /// contents the kernel holds once it is applied.
-    fn plan(
-        &mut self,
-        changes: &Changes,
-        listing: Option<&Listing>,
-    ) -> (String, SyncStats, Vec<Written>) {
+    /// Updates the rendered services and returns the restore input with what it will write.
+    fn plan(&mut self, changes: Changes, listing: Option<&Listing>) -> Plan {
         let full = changes.full || listing.is_some();
-        let mut updates: Vec<(ServiceKey, Vec<ServicePort>)> = changes
-            .services
-            .iter()
-            .map(|(k, p)| (k.clone(), p.clone()))
-            .collect();
+        let services = changes.services.len();
+        let mut updates: Vec<(ServiceKey, Vec<ServicePort>)> =
+            changes.services.into_iter().collect();
         if changes.full {
-            updates.extend(
-                self.services
-                    .keys()
-                    .filter(|k| !changes.services.contains_key(*k))
-                    .map(|k| (k.clone(), Vec::new())),
-            );
+            let gone: Vec<ServiceKey> = self
+                .services
+                .keys()
+                .filter(|k| updates.binary_search_by(|(u, _)| u.cmp(k)).is_err())
+                .cloned()
+                .collect();
+            updates.extend(gone.into_iter().map(|k| (k, Vec::new())));
         }
-        // Shared chains whose content changes, and per-service chains that go away.
-        let mut dirty: BTreeSet<(Table, String)> = BTreeSet::new();
+        // Shared chains whose content changes, and per-service chains that go away (a full
+        // sync rewrites all of the former and finds the latter below).
+        let mut dirty: BTreeSet<Shared> = BTreeSet::new();
         let mut dropped: BTreeSet<String> = BTreeSet::new();
         let mut desired: BTreeMap<(Table, String), Vec<String>> = BTreeMap::new();
+        let mut previous = Vec::with_capacity(updates.len());
         for (key, ports) in updates {
+            if full {
+                previous.push((key.clone(), self.replace(&key, ports)));
+                continue;
+            }
             dirty.extend(self.touches(&key));
-            dropped.extend(self.owned(&key));
-            self.replace(&key, ports);
+            dropped.extend(self.owned_rules(&key).map(|(c, _)| c.clone()));
+            previous.push((key.clone(), self.replace(&key, ports)));
             dirty.extend(self.touches(&key));
             for (c, body) in self.owned_rules(&key) {
-                dropped.remove(&c);
-                desired.insert((Table::Nat, c), body);
+                dropped.remove(c);
+                desired.insert((Table::Nat, c.clone()), body.clone());
             }
         }
         if full {
-            dirty.extend((0..BUCKETS).map(|b| (Table::Nat, bucket_chain(b))));
-            dirty.extend([
-                (Table::Nat, NODEPORTS.to_owned()),
-                (Table::Nat, HAIRPIN.to_owned()),
-                (Table::Filter, SERVICES.to_owned()),
-                (Table::Filter, EXTERNAL.to_owned()),
-            ]);
-            let keys: Vec<ServiceKey> = self.services.keys().cloned().collect();
-            for key in keys {
-                for (c, body) in self.owned_rules(&key) {
-                    desired.insert((Table::Nat, c), body);
-                }
+            dirty.extend(Shared::all());
+            for (c, body) in self
+                .services
+                .values()
+                .flat_map(|(_, r)| r)
+                .flat_map(|r| r.chains.iter())
+            {
+                desired.insert((Table::Nat, c.clone()), body.clone());
             }
-            // Leftovers of services that vanished while no agent ran.
+            // Chains of removed services, including those that vanished while no agent ran.
             let stale = listing
                 .into_iter()
                 .flat_map(|l| l.chains.iter())
@@ -426,14 +490,13 @@ impl Proxier {
                 .collect::<Vec<_>>();
             dropped.extend(stale);
         }
-        for tc in dirty {
-            let content = self.shared_content(&tc);
-            desired.insert(tc, content);
+        for sh in dirty {
+            desired.insert(sh.chain(), self.shared_content(sh));
         }
         let mut next: Vec<Written> = Vec::new();
         let mut stats = SyncStats {
             full,
-            services: changes.services.len(),
+            services,
             ..SyncStats::default()
         };
         let mut text = String::new();
@@ -488,7 +551,12 @@ impl Proxier {
             text.push_str("COMMIT\n");
         }
         stats.bytes = text.len();
-        (text, stats, next)
+        Plan {
+            input: text,
+            stats,
+            written: next,
+            previous,
+        }
     }
 
     /// Records what a successful restore wrote.
@@ -502,99 +570,69 @@ impl Proxier {
         self.relist = false;
     }
 
-    fn replace(&mut self, key: &ServiceKey, ports: Vec<ServicePort>) {
-        if let Some((_, old)) = self.services.remove(key) {
-            for r in &old {
-                for (b, _) in &r.buckets {
-                    self.buckets[usize::from(*b)].remove(key);
+    /// Renders the service's new ports in place of the old ones, which it returns.
+    fn replace(&mut self, key: &ServiceKey, ports: Vec<ServicePort>) -> Vec<ServicePort> {
+        for sh in self.touches(key) {
+            if let Some(m) = self.members.get_mut(&sh) {
+                m.remove(key);
+                if m.is_empty() {
+                    self.members.remove(&sh);
                 }
             }
         }
+        let before = self
+            .services
+            .remove(key)
+            .map(|(p, _)| p)
+            .unwrap_or_default();
         if ports.is_empty() {
-            return;
+            return before;
         }
         let rules: Vec<PortRules> = ports
             .iter()
             .map(|p| render_port(p, self.cluster_cidr))
             .collect();
-        for r in &rules {
-            for (b, _) in &r.buckets {
-                self.buckets[usize::from(*b)].insert(key.clone());
-            }
-        }
         self.services.insert(key.clone(), (ports, rules));
+        for sh in self.touches(key) {
+            self.members.entry(sh).or_default().insert(key.clone());
+        }
+        before
     }
 
     /// Shared chains the service has rules in.
-    fn touches(&self, key: &ServiceKey) -> Vec<(Table, String)> {
-        let mut out = Vec::new();
-        for r in self.services.get(key).into_iter().flat_map(|(_, r)| r) {
-            out.extend(
-                r.buckets
-                    .iter()
-                    .map(|(b, _)| (Table::Nat, bucket_chain(*b))),
-            );
-            let shared = [
-                (!r.nodeports.is_empty(), Table::Nat, NODEPORTS),
-                (!r.hairpin.is_empty(), Table::Nat, HAIRPIN),
-                (!r.reject.is_empty(), Table::Filter, SERVICES),
-                (!r.external_reject.is_empty(), Table::Filter, EXTERNAL),
-            ];
-            out.extend(
-                shared
-                    .into_iter()
-                    .filter(|(on, _, _)| *on)
-                    .map(|(_, t, c)| (t, c.to_owned())),
-            );
-        }
-        out
-    }
-
-    /// The service's own chains with their rules.
-    fn owned_rules(&self, key: &ServiceKey) -> Vec<(String, Vec<String>)> {
+    fn touches(&self, key: &ServiceKey) -> BTreeSet<Shared> {
         self.services
             .get(key)
             .into_iter()
             .flat_map(|(_, r)| r)
-            .flat_map(|r| r.chains.iter().cloned())
+            .flat_map(|r| r.shared.iter().map(|(sh, _)| *sh))
             .collect()
     }
 
-    fn owned(&self, key: &ServiceKey) -> Vec<String> {
-        self.owned_rules(key).into_iter().map(|(c, _)| c).collect()
+    /// The service's own chains with their rules.
+    fn owned_rules(&self, key: &ServiceKey) -> impl Iterator<Item = &(String, Vec<String>)> {
+        self.services
+            .get(key)
+            .into_iter()
+            .flat_map(|(_, r)| r)
+            .flat_map(|r| r.chains.iter())
     }
 
-    fn shared_content(&self, (table, chain): &(Table, String)) -> Vec<String> {
-        let all = self.services.values().flat_map(|(_, r)| r.iter());
-        match (table, chain.as_str()) {
-            (Table::Nat, NODEPORTS) => all.flat_map(|r| r.nodeports.iter().cloned()).collect(),
-            (Table::Nat, HAIRPIN) => {
-                let ips: BTreeSet<Ipv4Addr> = all.flat_map(|r| r.hairpin.iter().copied()).collect();
-                ips.into_iter()
-                    .map(|ip| format!("-s {ip}/32 -d {ip}/32 -j MASQUERADE"))
-                    .collect()
-            }
-            (Table::Filter, SERVICES) => all.flat_map(|r| r.reject.iter().cloned()).collect(),
-            (Table::Filter, EXTERNAL) => all
-                .flat_map(|r| r.external_reject.iter().cloned())
-                .collect(),
-            (Table::Nat, c) if c.starts_with("SKIFF-SVCS-") => {
-                let Some(b) = u8::from_str_radix(&c["SKIFF-SVCS-".len()..], 16).ok() else {
-                    return Vec::new();
-                };
-                self.buckets
-                    .get(usize::from(b))
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|k| self.services.get(k))
-                    .flat_map(|(_, rules)| rules.iter())
-                    .flat_map(|r| r.buckets.iter())
-                    .filter(|(rb, _)| *rb == b)
-                    .map(|(_, rule)| rule.clone())
-                    .collect()
-            }
-            _ => Vec::new(),
-        }
+    /// A shared chain's rules: those of its member services, sorted, each once (two services
+    /// may share a local endpoint, hence a hairpin rule).
+    fn shared_content(&self, sh: Shared) -> Vec<String> {
+        let rules: BTreeSet<&String> = self
+            .members
+            .get(&sh)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.services.get(k))
+            .flat_map(|(_, rules)| rules)
+            .flat_map(|r| r.shared.iter())
+            .filter(|(rsh, _)| *rsh == sh)
+            .map(|(_, rule)| rule)
+            .collect();
+        rules.into_iter().cloned().collect()
     }
 }
 
@@ -687,12 +725,12 @@ mod tests {
                 services: services.into_iter().map(|(n, p)| (key(n), p)).collect(),
             };
             let l = self.proxier.relist.then(|| listing(&self.kernel));
-            let (text, stats, next) = self.proxier.plan(&changes, l.as_ref());
+            let plan = self.proxier.plan(changes, l.as_ref());
             self.kernel
-                .restore(&text)
-                .unwrap_or_else(|e| panic!("{e}\n{text}"));
-            self.proxier.commit(next);
-            stats
+                .restore(&plan.input)
+                .unwrap_or_else(|e| panic!("{e}\n{}", plan.input));
+            self.proxier.commit(plan.written);
+            plan.stats
         }
 
         fn send(
