@@ -3,6 +3,7 @@
 //! the overlay and the service proxy build on it.
 
 pub mod client;
+pub mod dns;
 pub mod iptables;
 pub mod network;
 pub mod node;

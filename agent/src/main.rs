@@ -6,7 +6,7 @@ use clap::{Parser, ValueEnum};
 use skiff_agent::iptables::{Backend, Iptables};
 use skiff_agent::node::{Facts, NodeAgent};
 use skiff_agent::pods::PodManager;
-use skiff_agent::{client, network, proxy};
+use skiff_agent::{client, dns, network, proxy};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum ProxyMode {
@@ -46,6 +46,16 @@ struct Args {
     /// The service proxy rewrites all of its rules at least this often.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = duration)]
     proxy_sync_period: std::time::Duration,
+    /// Upstream resolvers for names outside the cluster, in resolv.conf format ("" for none:
+    /// such names then fail at once with SERVFAIL).
+    #[arg(long, value_name = "FILE", default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
+    /// TTL of cluster DNS answers, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+    dns_ttl: u32,
+    /// How long one upstream resolver may take to answer before the next is asked.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration)]
+    dns_upstream_timeout: std::time::Duration,
     /// State directory (IPAM, overlay MAC).
     #[arg(long, value_name = "DIR", default_value = "/var/lib/skiff-agent")]
     data_dir: PathBuf,
@@ -67,6 +77,27 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+/// Serves cluster DNS; a failure to bind is retried (the address may still be coming up, or
+/// another server may be going away) without taking the node's pods down with it.
+async fn serve_dns(
+    responder: Arc<dns::Responder>,
+    addr: std::net::SocketAddr,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut wait = std::time::Duration::from_millis(500);
+    loop {
+        match dns::serve(Arc::clone(&responder), addr, stop.clone()).await {
+            Ok(()) => return,
+            Err(e) => tracing::error!("cluster DNS: {e}; retrying in {wait:?}"),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(std::time::Duration::from_secs(30));
+        if *stop.borrow() {
+            return;
+        }
     }
 }
 
@@ -154,6 +185,47 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let zone = match dns::Zone::new(dns::ZoneConfig {
+        domain: net.cluster.cluster_domain.clone(),
+        ttl: args.dns_ttl,
+        service_cidr: net.cluster.service_cidr,
+        cluster_cidr: net.cluster.cluster_cidr,
+    }) {
+        Ok(z) => Arc::new(z),
+        Err(e) => {
+            eprintln!(
+                "error: the cluster domain {:?} is not a DNS name: {e}",
+                net.cluster.cluster_domain
+            );
+            let _ = stop_tx.send(true);
+            let _ = heartbeat.await;
+            return ExitCode::FAILURE;
+        }
+    };
+    let cluster_dns = net.cluster.cluster_dns;
+    let upstreams = if args.resolv_conf.as_os_str().is_empty() {
+        Vec::new()
+    } else {
+        match std::fs::read_to_string(&args.resolv_conf) {
+            Ok(text) => dns::forward::upstreams_from_resolv_conf(&text, cluster_dns.into()),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot read {}: {e}; names outside the cluster will fail",
+                    args.resolv_conf.display()
+                );
+                Vec::new()
+            }
+        }
+    };
+    let responder = Arc::new(dns::Responder::new(
+        Arc::clone(&zone),
+        dns::Forwarder::new(upstreams, args.dns_upstream_timeout),
+    ));
+    tokio::spawn(serve_dns(
+        responder,
+        (cluster_dns, 53).into(),
+        stop_rx.clone(),
+    ));
     let proxy_task = tokio::spawn(proxy::run(
         client.clone(),
         proxy::Config {
@@ -162,6 +234,7 @@ async fn main() -> ExitCode {
             iptables: ipt,
             min_sync: args.proxy_min_sync_period,
             full_sync: args.proxy_sync_period,
+            dns: Some((zone, cluster_dns)),
         },
         stop_rx.clone(),
     ));

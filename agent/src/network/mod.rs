@@ -386,6 +386,41 @@ fn host_resolv() -> (Vec<String>, Vec<String>, Vec<String>) {
     (servers, search, options)
 }
 
+/// Dummy link holding the cluster DNS address, so the node's own DNS responder receives what
+/// pods and the node send there (as NodeLocal DNSCache does with its link).
+pub const DNS_LINK: &str = "skiff-dns";
+
+/// Creates the DNS link when missing and gives it `ip`/32; idempotent.
+pub async fn ensure_dns_link(handle: &rtnetlink::Handle, ip: Ipv4Addr) -> Result<(), NetworkError> {
+    let index = match link_index(handle, DNS_LINK).await? {
+        Some(i) => i,
+        None => {
+            handle
+                .link()
+                .add(rtnetlink::LinkDummy::new(DNS_LINK).build())
+                .execute()
+                .await?;
+            link_index(handle, DNS_LINK)
+                .await?
+                .ok_or_else(|| NetworkError::NoSuchLink(DNS_LINK.into()))?
+        }
+    };
+    if !ipv4_addrs(handle, index).await?.contains(&ip) {
+        handle
+            .address()
+            .add(index, ip.into(), 32)
+            .replace()
+            .execute()
+            .await?;
+    }
+    handle
+        .link()
+        .set(rtnetlink::LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await?;
+    Ok(())
+}
+
 /// Brings up the node's network and keeps it in line with the cluster: waits for the node's
 /// podCIDR (the network-ready gate: nothing returns before it and the overlay exist), creates the
 /// bridge, overlay and rules, publishes the VTEP on the Node, then keeps reconciling peers
@@ -426,6 +461,7 @@ pub async fn start(
     let ipam = Ipam::open(data_dir, pod_cidr)?;
     let mtu = overlay.mtu();
     let bridge = bridge::ensure_bridge(&handle, ipam.gateway(), pod_cidr.prefix_len(), mtu).await?;
+    ensure_dns_link(&handle, cluster.cluster_dns).await?;
     let patch = serde_json::json!({"metadata": {"annotations": {
         overlay::ANNOTATION_MAC: overlay::format_mac(&mac),
         overlay::ANNOTATION_IP: uplink.address.to_string(),
@@ -490,6 +526,9 @@ pub async fn start(
             .await
             {
                 tracing::warn!("pod bridge: {e}");
+            }
+            if let Err(e) = ensure_dns_link(&keep.handle, cluster.cluster_dns).await {
+                tracing::warn!("cluster DNS link: {e}");
             }
             if let Err(e) = masq::apply(&ipt, cluster.cluster_cidr, pod_cidr) {
                 tracing::warn!("pod network rules: {e}");

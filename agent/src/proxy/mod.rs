@@ -9,6 +9,8 @@ pub mod iptables;
 pub mod model;
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -18,6 +20,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 
+use crate::dns::Zone;
 use crate::iptables::Iptables;
 use model::{Model, ServiceKey};
 
@@ -37,6 +40,9 @@ pub struct Config {
     pub min_sync: Duration,
     /// A full sync runs at least this often.
     pub full_sync: Duration,
+    /// The cluster DNS zone, kept from the same watches; its address is served by the node
+    /// itself and never proxied.
+    pub dns: Option<(Arc<Zone>, Ipv4Addr)>,
 }
 
 const BRIDGE_NF: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
@@ -72,6 +78,10 @@ pub async fn run(
     let mut services = std::pin::pin!(services);
     let mut slices = std::pin::pin!(slices);
     let mut model = Model::new(&cfg.node);
+    let zone = cfg.dns.as_ref().map(|(z, _)| Arc::clone(z));
+    if let Some((_, ip)) = &cfg.dns {
+        model.serve_locally(*ip);
+    }
     let mut listed_services: Option<Vec<Service>> = None;
     let mut listed_slices: Option<Vec<EndpointSlice>> = None;
     // Nothing is written before both kinds were listed once: a partial view would delete rules.
@@ -98,7 +108,13 @@ pub async fn run(
             () = async { let _ = stop.wait_for(|s| *s).await; } => break,
             ev = services.next() => match ev {
                 Some(Ok(ev)) => {
+                    if let Some(z) = &zone {
+                        mirror(&ev, |s| z.upsert_service(s), |s| z.delete_service(s));
+                    }
                     if let Some(all) = record(ev, &mut listed_services, &mut model, Model::upsert_service, |m, s| m.delete_service(&s)) {
+                        if let Some(z) = &zone {
+                            z.replace_services(&all);
+                        }
                         model.replace_services(all);
                         have_services = true;
                     }
@@ -108,7 +124,13 @@ pub async fn run(
             },
             ev = slices.next() => match ev {
                 Some(Ok(ev)) => {
+                    if let Some(z) = &zone {
+                        mirror(&ev, |s| z.upsert_slice(s), |s| z.delete_slice(s));
+                    }
                     if let Some(all) = record(ev, &mut listed_slices, &mut model, Model::upsert_slice, |m, s| m.delete_slice(&s)) {
+                        if let Some(z) = &zone {
+                            z.replace_slices(&all);
+                        }
                         model.replace_slices(all);
                         have_slices = true;
                     }
@@ -193,6 +215,15 @@ async fn after_sync(
     }
     // Every time, so that a port that could not be bound is tried again.
     health.update(checks).await;
+}
+
+/// Applies one watch event to the DNS zone at once (a relist's end replaces it whole).
+fn mirror<K>(ev: &watcher::Event<K>, upsert: impl Fn(&K), delete: impl Fn(&K)) {
+    match ev {
+        watcher::Event::Apply(o) | watcher::Event::InitApply(o) => upsert(o),
+        watcher::Event::Delete(o) => delete(o),
+        watcher::Event::Init | watcher::Event::InitDone => {}
+    }
 }
 
 /// Folds one watch event into the model; returns the complete list at the end of a (re)list.

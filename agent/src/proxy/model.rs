@@ -124,6 +124,9 @@ fn pick<'a>(eps: impl Iterator<Item = &'a Endpoint> + Clone) -> Vec<&'a Endpoint
 #[derive(Default)]
 pub struct Model {
     node: String,
+    /// Service IPs this node answers itself (the cluster DNS address): never proxied, or the
+    /// Service's missing endpoints would reject what the node's own server should receive.
+    node_local: Vec<Ipv4Addr>,
     services: BTreeMap<ServiceKey, Arc<Service>>,
     /// The Service each slice (`namespace`, `name`) belongs to.
     slice_owner: BTreeMap<(String, String), ServiceKey>,
@@ -172,6 +175,11 @@ impl Model {
             full: true,
             ..Self::default()
         }
+    }
+
+    /// Leaves Services on this address to the node's own server.
+    pub fn serve_locally(&mut self, ip: Ipv4Addr) {
+        self.node_local.push(ip);
     }
 
     pub fn has_changes(&self) -> bool {
@@ -313,6 +321,10 @@ impl Model {
         let Some(svc) = self.services.get(key) else {
             return Vec::new();
         };
+        let ip = svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref());
+        if ip.is_some_and(|ip| self.node_local.iter().any(|l| l.to_string() == ip)) {
+            return Vec::new();
+        }
         let slices: Vec<&EndpointSlice> = self
             .slices
             .get(key)
@@ -490,6 +502,14 @@ mod tests {
         assert_eq!(p.cluster_endpoints().len(), 1);
         assert!(p.cluster_endpoints()[0].local);
         assert!(!m.has_changes());
+    }
+
+    #[test]
+    fn a_service_on_an_address_the_node_serves_itself_is_not_proxied() {
+        let mut m = Model::new("n1");
+        m.serve_locally("10.96.0.10".parse().unwrap());
+        m.upsert_service(web());
+        assert!(m.take_changes().services[&web_key()].is_empty());
     }
 
     #[test]
