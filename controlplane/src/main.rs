@@ -28,6 +28,9 @@ struct Args {
     /// Cluster DNS service IP (default: the 10th address of the service CIDR).
     #[arg(long, value_name = "IP")]
     cluster_dns: Option<Ipv4Addr>,
+    /// DNS domain of the cluster: Services are `<name>.<namespace>.svc.<domain>`.
+    #[arg(long, value_name = "DOMAIN", default_value = "cluster.local", value_parser = parse_domain)]
+    cluster_domain: String,
     /// Seconds without a node Lease renewal before the node is marked NotReady (Unknown).
     #[arg(long, value_name = "SECONDS", default_value_t = 40)]
     node_monitor_grace_period: u64,
@@ -47,6 +50,23 @@ fn parse_cidr(v: &str) -> Result<Ipv4Net, String> {
         .parse()
         .map_err(|_| format!("expected an IPv4 CIDR such as 10.96.0.0/12, got {v:?}"))?;
     Ok(net.trunc())
+}
+
+/// A DNS domain: dot-separated labels of letters, digits and hyphens (RFC 1123).
+fn parse_domain(v: &str) -> Result<String, String> {
+    let d = v.trim_end_matches('.').to_ascii_lowercase();
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if d.is_empty() || d.len() > 253 || !d.split('.').all(label_ok) {
+        return Err(format!(
+            "expected a DNS domain such as cluster.local, got {v:?}"
+        ));
+    }
+    Ok(d)
 }
 
 #[tokio::main]
@@ -88,6 +108,7 @@ async fn main() -> std::process::ExitCode {
             cluster_cidr: args.cluster_cidr,
             node_cidr_mask_size: args.node_cidr_mask_size,
             cluster_dns,
+            cluster_domain: args.cluster_domain,
             node_monitor_grace: Duration::from_secs(args.node_monitor_grace_period.max(1)),
         },
     };

@@ -351,6 +351,9 @@ impl Cluster {
         let cp = self.spec.state_dir.join("controlplane");
         let role = format!("node{i}");
         let _ = std::fs::write(self.log(&role), "");
+        // The nodes' upstream resolver is the external test host (nothing else is reachable).
+        let resolv = self.spec.state_dir.join("upstream-resolv.conf");
+        std::fs::write(&resolv, format!("nameserver {}\n", self.external_ip()))?;
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.node_ns(i)])
             .arg(self.spec.bin_dir.join("skiff-agent"))
@@ -367,6 +370,8 @@ impl Cluster {
             .arg(cp.join("pki/ca.crt"))
             .arg("--data-dir")
             .arg(self.spec.state_dir.join(&role))
+            .arg("--resolv-conf")
+            .arg(&resolv)
             .args(&self.spec.agent_flags);
         self.spawn(&role, &mut cmd)?;
         Ok(())

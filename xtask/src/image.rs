@@ -13,8 +13,34 @@ const TARGET: &str = "x86_64-unknown-linux-gnu";
 /// with `timeout N wget ...` instead.
 const BUSYBOX_TOOLS: &[&str] = &[
     "sh", "wget", "timeout", "nslookup", "cat", "ls", "sleep", "ip", "ping", "nc", "hostname",
-    "echo", "env", "ps", "kill", "grep", "getent",
+    "echo", "env", "ps", "kill", "grep",
 ];
+
+/// The machine's own glibc `getent`, with the libraries it loads: busybox has none, and tests
+/// resolve names in pods the way glibc programs do (resolv.conf search list, ndots).
+const HOST_GETENT: &str = "/usr/bin/getent";
+
+/// `getent` and its shared libraries (paths as `ldd` reports them), each at the same path.
+fn getent_files() -> Result<Vec<std::path::PathBuf>> {
+    let out = Command::new("ldd")
+        .arg(HOST_GETENT)
+        .output()
+        .context("running ldd on /usr/bin/getent (libc-bin)")?;
+    let mut files = vec![std::path::PathBuf::from(HOST_GETENT)];
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+        let path = line
+            .split("=>")
+            .last()
+            .unwrap_or_default()
+            .split_whitespace()
+            .next();
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            files.push(p.into());
+        }
+    }
+    Ok(files)
+}
 
 /// Writes a rootfs with `/bin/busybox` (+ applet links) and the given binaries, and imports it.
 fn import(tag: &str, cmd: &str, binaries: &[(&Path, &str)]) -> Result<()> {
@@ -33,6 +59,15 @@ fn import(tag: &str, cmd: &str, binaries: &[(&Path, &str)]) -> Result<()> {
         "root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n",
     )?;
     std::fs::write(rootfs.join("etc/group"), "root:x:0:\nnobody:x:65534:\n")?;
+    for f in getent_files()? {
+        let dest = rootfs.join(f.strip_prefix("/").unwrap_or(&f));
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::copy(&f, &dest).with_context(|| format!("copying {}", f.display()))?;
+    }
+    std::os::unix::fs::symlink(HOST_GETENT, rootfs.join("bin/getent"))?;
+    std::fs::write(rootfs.join("etc/nsswitch.conf"), "hosts: files dns\n")?;
     for (src, name) in binaries {
         std::fs::copy(src, rootfs.join(name))
             .with_context(|| format!("copying {}", src.display()))?;

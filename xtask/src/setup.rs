@@ -18,6 +18,11 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iptables", "/usr/sbin/iptables"),
     // The service proxy clears stale UDP conntrack entries with it.
     ("conntrack", "/usr/sbin/conntrack"),
+    // Cluster DNS: dig in tests, dnsmasq as the upstream resolver of test clusters, dnsperf
+    // for `cargo xtask bench dns`.
+    ("bind9-dnsutils", "/usr/bin/dig"),
+    ("dnsmasq-base", "/usr/sbin/dnsmasq"),
+    ("dnsperf", "/usr/bin/dnsperf"),
     // Benchmarks: pod network throughput.
     ("iperf3", "/usr/bin/iperf3"),
 ];

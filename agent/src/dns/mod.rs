@@ -1,5 +1,5 @@
 //! The cluster DNS responder. Every agent answers cluster names on its own node, on the cluster
-//! DNS address (held by a dummy link the pod network creates), from the zone the Service proxy's
+//! DNS address (on the node's loopback, put there by the pod network), from the zone the Service proxy's
 //! watches keep current: a lookup never leaves the node and keeps working while the controlplane
 //! is away. Other names go to the node's upstream resolvers.
 //!

@@ -252,17 +252,17 @@ impl Records {
 
     fn set_slice(&mut self, ns: &str, slice_name: &str, slice: Option<Slice>) {
         let key = (ns.to_owned(), slice_name.to_owned());
-        if let Some(owner) = self.slice_owner.remove(&key) {
-            if let Some(by_svc) = self.slices.get_mut(ns) {
-                if let Some(m) = by_svc.get_mut(&owner) {
-                    m.remove(slice_name);
-                    if m.is_empty() {
-                        by_svc.remove(&owner);
-                    }
+        if let Some(owner) = self.slice_owner.remove(&key)
+            && let Some(by_svc) = self.slices.get_mut(ns)
+        {
+            if let Some(m) = by_svc.get_mut(&owner) {
+                m.remove(slice_name);
+                if m.is_empty() {
+                    by_svc.remove(&owner);
                 }
-                if by_svc.is_empty() {
-                    self.slices.remove(ns);
-                }
+            }
+            if by_svc.is_empty() {
+                self.slices.remove(ns);
             }
         }
         if let Some(s) = slice {

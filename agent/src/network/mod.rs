@@ -386,25 +386,16 @@ fn host_resolv() -> (Vec<String>, Vec<String>, Vec<String>) {
     (servers, search, options)
 }
 
-/// Dummy link holding the cluster DNS address, so the node's own DNS responder receives what
-/// pods and the node send there (as NodeLocal DNSCache does with its link).
-pub const DNS_LINK: &str = "skiff-dns";
-
-/// Creates the DNS link when missing and gives it `ip`/32; idempotent.
-pub async fn ensure_dns_link(handle: &rtnetlink::Handle, ip: Ipv4Addr) -> Result<(), NetworkError> {
-    let index = match link_index(handle, DNS_LINK).await? {
-        Some(i) => i,
-        None => {
-            handle
-                .link()
-                .add(rtnetlink::LinkDummy::new(DNS_LINK).build())
-                .execute()
-                .await?;
-            link_index(handle, DNS_LINK)
-                .await?
-                .ok_or_else(|| NetworkError::NoSuchLink(DNS_LINK.into()))?
-        }
-    };
+/// The cluster DNS address sits on the node's loopback, so the node's own DNS responder
+/// receives what pods and the node send there (an address on `lo` is local to the whole node,
+/// and needs no dummy-link support in the kernel).
+pub async fn ensure_dns_address(
+    handle: &rtnetlink::Handle,
+    ip: Ipv4Addr,
+) -> Result<(), NetworkError> {
+    let index = link_index(handle, "lo")
+        .await?
+        .ok_or_else(|| NetworkError::NoSuchLink("lo".into()))?;
     if !ipv4_addrs(handle, index).await?.contains(&ip) {
         handle
             .address()
@@ -413,11 +404,6 @@ pub async fn ensure_dns_link(handle: &rtnetlink::Handle, ip: Ipv4Addr) -> Result
             .execute()
             .await?;
     }
-    handle
-        .link()
-        .set(rtnetlink::LinkUnspec::new_with_index(index).up().build())
-        .execute()
-        .await?;
     Ok(())
 }
 
@@ -461,7 +447,7 @@ pub async fn start(
     let ipam = Ipam::open(data_dir, pod_cidr)?;
     let mtu = overlay.mtu();
     let bridge = bridge::ensure_bridge(&handle, ipam.gateway(), pod_cidr.prefix_len(), mtu).await?;
-    ensure_dns_link(&handle, cluster.cluster_dns).await?;
+    ensure_dns_address(&handle, cluster.cluster_dns).await?;
     let patch = serde_json::json!({"metadata": {"annotations": {
         overlay::ANNOTATION_MAC: overlay::format_mac(&mac),
         overlay::ANNOTATION_IP: uplink.address.to_string(),
@@ -527,8 +513,8 @@ pub async fn start(
             {
                 tracing::warn!("pod bridge: {e}");
             }
-            if let Err(e) = ensure_dns_link(&keep.handle, cluster.cluster_dns).await {
-                tracing::warn!("cluster DNS link: {e}");
+            if let Err(e) = ensure_dns_address(&keep.handle, cluster.cluster_dns).await {
+                tracing::warn!("cluster DNS address: {e}");
             }
             if let Err(e) = masq::apply(&ipt, cluster.cluster_cidr, pod_cidr) {
                 tracing::warn!("pod network rules: {e}");

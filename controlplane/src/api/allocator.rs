@@ -897,7 +897,8 @@ pub async fn bootstrap_services(api: &Api, settings: &Settings) -> ApiResult<()>
         "metadata": {"name": "kube-dns", "namespace": "kube-system",
                      "labels": {"k8s-app": "kube-dns", "kubernetes.io/cluster-service": "true",
                                 "kubernetes.io/name": "CoreDNS"}},
-        "spec": {"clusterIP": settings.cluster_dns.to_string(), "selector": {"k8s-app": "kube-dns"},
+        // No selector: no pods back it, every node agent answers on this address itself.
+        "spec": {"clusterIP": settings.cluster_dns.to_string(),
                  "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
                            {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]},
     });
@@ -910,7 +911,7 @@ pub async fn bootstrap_services(api: &Api, settings: &Settings) -> ApiResult<()>
         "data": {"clusterCIDR": settings.cluster_cidr.to_string(),
                  "serviceCIDR": settings.service_cidr.to_string(),
                  "clusterDNS": settings.cluster_dns.to_string(),
-                 "clusterDomain": "cluster.local"},
+                 "clusterDomain": settings.cluster_domain},
     });
     upsert(api, "configmaps", "kube-system", cluster, &["/data"]).await?;
     if host.parse::<Ipv4Addr>().is_ok() {

@@ -19,6 +19,8 @@ pub struct Settings {
     pub node_cidr_mask_size: u8,
     /// The cluster DNS service IP (reserved in the service CIDR).
     pub cluster_dns: Ipv4Addr,
+    /// The cluster's DNS domain (`cluster.local`), published for node agents.
+    pub cluster_domain: String,
     /// A node whose Lease is older than this is marked Ready=Unknown.
     pub node_monitor_grace: Duration,
 }
@@ -31,6 +33,7 @@ impl Default for Settings {
             service_cidr,
             cluster_cidr: "10.244.0.0/16".parse().unwrap_or_default(),
             node_cidr_mask_size: 24,
+            cluster_domain: "cluster.local".into(),
             node_monitor_grace: Duration::from_secs(40),
         }
     }
