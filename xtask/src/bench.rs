@@ -55,6 +55,16 @@ pub enum Which {
         #[arg(long, default_value_t = 500)]
         requests: usize,
     },
+    /// Cluster DNS: dnsperf against one node's responder (most queries/s, and latency at
+    /// 50,000 queries/s offered), with dnsmasq on the same node as the reference.
+    Dns {
+        /// Services in the cluster (each name is queried).
+        #[arg(long, default_value_t = 1000)]
+        services: usize,
+        /// Seconds per dnsperf run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// Scheduler: pods/s bound with 1,000 and 5,000 fake nodes.
     Scheduler {
         /// Number of pods to schedule per node count.
@@ -71,6 +81,7 @@ pub fn run(which: Which) -> Result<()> {
         Which::Overlay { pods, seconds } => overlay(pods, seconds),
         Which::Api { pods, watchers } => api(pods, watchers),
         Which::Scheduler { pods, nodes } => scheduler(pods, &nodes),
+        Which::Dns { services, seconds } => crate::bench_dns::run(services, seconds),
         Which::Proxy {
             mode,
             iptables_backend,

@@ -95,7 +95,7 @@ fn request(addr: SocketAddr) -> std::io::Result<()> {
     }
 }
 
-fn service(name: &str) -> Service {
+pub(crate) fn service(name: &str) -> Service {
     serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
         "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
@@ -141,7 +141,7 @@ fn full_syncs(log: &str) -> Vec<(usize, f64)> {
         .collect()
 }
 
-async fn create_all(client: &kube::Client, from: usize, to: usize) -> Result<()> {
+pub(crate) async fn create_all(client: &kube::Client, from: usize, to: usize) -> Result<()> {
     let svcs: Api<Service> = Api::default_namespaced(client.clone());
     let slices: Api<EndpointSlice> = Api::default_namespaced(client.clone());
     let results: Vec<Result<()>> = futures::stream::iter(from..to)
@@ -162,7 +162,7 @@ async fn create_all(client: &kube::Client, from: usize, to: usize) -> Result<()>
     results.into_iter().collect()
 }
 
-async fn cluster_ip(client: &kube::Client, name: &str) -> Result<Ipv4Addr> {
+pub(crate) async fn cluster_ip(client: &kube::Client, name: &str) -> Result<Ipv4Addr> {
     let svcs: Api<Service> = Api::default_namespaced(client.clone());
     let ip = svcs
         .get(name)

@@ -1,6 +1,6 @@
 //! `cargo xtask demo`: the first run. Brings up a local two-node cluster, deploys netexec
-//! behind a Service and shows pods on both nodes talking to each other by pod IP and through
-//! the Service's ClusterIP and NodePort.
+//! behind a Service and shows pods on both nodes talking to each other by pod IP, through the
+//! Service's ClusterIP and NodePort, and by the Service's DNS name.
 
 use std::time::{Duration, Instant};
 
@@ -120,6 +120,15 @@ pub fn run() -> Result<()> {
     )
     .context("requests through the ClusterIP")?;
     println!("{}", out.trim_end());
+    println!(
+        "\nBy name: the pod's resolv.conf points at cluster DNS, answered by skiff-agent on its own node:"
+    );
+    let script = "getent hosts netexec; for n in netexec netexec.default netexec.default.svc.cluster.local; do echo \"  http://$n/hostname -> $(wget -qO- http://$n/hostname)\"; done";
+    let out = skiff_e2e::cluster::run(
+        std::process::Command::new("docker").args(["exec", &client, "sh", "-c", script]),
+    )
+    .context("requests through the Service's DNS name")?;
+    println!("  getent hosts {}", out.trim_end().trim_start());
     let node_ip = c.node_ip(2).to_string();
     let mut from_node = c.in_node(1, "busybox");
     from_node.args(["wget", "-qO-", &format!("http://{node_ip}:{np}/hostname")]);

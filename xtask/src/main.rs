@@ -1,6 +1,7 @@
 //! Developer, CI and benchmark tasks: `cargo xtask <command>`.
 
 mod bench;
+mod bench_dns;
 mod bench_proxy;
 mod cluster;
 mod demo;
