@@ -2,9 +2,11 @@
 //! the API by a level-triggered sync (every second and on every change of the node's pods):
 //! create what is missing, restart what exited (restartPolicy, Kubernetes back-off), tear down
 //! pods being deleted and then release them, remove containers of pods that no longer exist,
-//! and report status.
+//! and report status. Probes run on tasks of their own (`probes`) and wake the sync when what
+//! it reports changes.
 
 pub mod docker;
+pub mod probes;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -58,6 +60,10 @@ pub struct PodManager {
     /// Pods a task is working on now.
     inflight: std::sync::Mutex<std::collections::HashSet<String>>,
     workers: tokio::sync::Semaphore,
+    probes: probes::Probes,
+    /// Rung by probes when a container's readiness or health changed, so the sync reports it
+    /// now rather than at its next tick.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 fn pod_ref(p: &Pod) -> PodRef {
@@ -92,9 +98,13 @@ impl PodManager {
         host_ip: &str,
         net: Arc<PodNetwork>,
     ) -> Result<Self, DockerError> {
+        let runtime = Runtime::connect(node).await?;
+        let wake = Arc::new(tokio::sync::Notify::new());
         Ok(Self {
             client,
-            runtime: Runtime::connect(node).await?,
+            probes: probes::Probes::new(runtime.clone(), Arc::clone(&wake)),
+            wake,
+            runtime,
             net,
             inflight: Default::default(),
             workers: tokio::sync::Semaphore::new(POD_WORKERS),
@@ -130,6 +140,7 @@ impl PodManager {
                 _ = &mut stop => break,
                 _ = tick.tick() => {}
                 _ = changed.notified() => {}
+                _ = self.wake.notified() => {}
             }
             // Until the first list completes there is nothing to sync; an API that cannot be
             // reached must not block shutdown while we wait for it.
@@ -153,7 +164,15 @@ impl PodManager {
 
     async fn sync(self: &Arc<Self>, pods: Vec<Arc<Pod>>) -> Result<(), DockerError> {
         let mut by_pod: HashMap<String, Vec<Managed>> = HashMap::new();
-        for c in self.runtime.list().await? {
+        let listed = self.runtime.list().await?;
+        let present = listed.iter().map(|c| c.id.clone()).collect();
+        let running = listed
+            .iter()
+            .filter(|c| c.running)
+            .map(|c| c.id.clone())
+            .collect();
+        self.probes.retain(&present, &running);
+        for c in listed {
             by_pod
                 .entry(c.label(LABEL_POD_UID).to_owned())
                 .or_default()
@@ -217,6 +236,10 @@ impl PodManager {
         let (sandboxes, apps): (Vec<&Managed>, Vec<&Managed>) = mine
             .iter()
             .partition(|c| c.label(LABEL_CONTAINER) == SANDBOX);
+        // A terminating container is not probed: a liveness kill would race the graceful stop.
+        for c in &apps {
+            self.probes.stop(&c.id);
+        }
         let stops = apps
             .iter()
             .map(|c| self.runtime.stop_and_remove(&c.id, grace));
@@ -404,20 +427,32 @@ impl PodManager {
                    "ready": ready, "started": started, "restartCount": restarts, "state": state})
         };
         if state.running.unwrap_or(false) {
+            let probed = self.probes.status(&probes::Target {
+                pod,
+                container: c,
+                id: &m.id,
+                ip: net.ip,
+                started_at: state
+                    .started_at
+                    .as_deref()
+                    .and_then(|t| t.parse::<jiff::Timestamp>().ok()),
+            });
             let started_at = k8s_time(state.started_at.as_deref());
             return Ok(base(
                 json!({"running": {"startedAt": started_at}}),
-                true,
-                true,
+                probed.ready,
+                probed.started,
             ));
         }
         let exit = state.exit_code.unwrap_or(0);
         let finished = k8s_time(state.finished_at.as_deref());
         let terminated = json!({"terminated": {"exitCode": exit, "reason": if exit == 0 { "Completed" } else { "Error" },
             "startedAt": k8s_time(state.started_at.as_deref()), "finishedAt": finished}});
+        // A container a probe stopped is restarted whatever its exit code (the kubelet's
+        // rule), unless the policy is Never.
         let restart = match policy {
             "Always" => true,
-            "OnFailure" => exit != 0,
+            "OnFailure" => exit != 0 || self.probes.killed(&m.id),
             _ => false,
         };
         if !restart {
@@ -479,7 +514,13 @@ impl PodManager {
         } else {
             "Pending"
         };
-        let ready = all_running;
+        // Ready follows the containers' readiness (their probes, or running when they have none).
+        let unready: Vec<&str> = statuses
+            .iter()
+            .filter(|s| s.get("ready").and_then(Value::as_bool) != Some(true))
+            .filter_map(|s| s.get("name").and_then(Value::as_str))
+            .collect();
+        let ready = unready.is_empty();
         let old = pod.status.as_ref();
         let t = jiff::Timestamp::now()
             .strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -502,7 +543,15 @@ impl PodManager {
                 Some((s, Some(when))) if s == status => when,
                 _ => t.clone(),
             };
-            json!({"type": ty, "status": status, "lastProbeTime": null, "lastTransitionTime": since})
+            let mut c = json!({"type": ty, "status": status, "lastProbeTime": null, "lastTransitionTime": since});
+            if !ok && matches!(ty, "Ready" | "ContainersReady") {
+                c["reason"] = json!("ContainersNotReady");
+                c["message"] = json!(format!(
+                    "containers with unready status: [{}]",
+                    unready.join(" ")
+                ));
+            }
+            c
         };
         let status = json!({
             "phase": phase,
