@@ -19,6 +19,9 @@ pub const LABEL_POD_NAMESPACE: &str = "skiff.io/pod-namespace";
 pub const LABEL_POD_NAME: &str = "skiff.io/pod-name";
 pub const LABEL_CONTAINER: &str = "skiff.io/container";
 pub const LABEL_RESTARTS: &str = "skiff.io/restart-count";
+/// How the previous attempt of a container ended (its `terminated` state as JSON): the old
+/// container is removed on restart, and `lastState` must outlive it and an agent restart.
+pub const LABEL_LAST_STATE: &str = "skiff.io/last-state";
 /// The `skiff.io/container` value of a pod's sandbox.
 pub const SANDBOX: &str = "POD_SANDBOX";
 pub const PAUSE_IMAGE: &str = "skiff.local/pause:latest";
@@ -89,6 +92,8 @@ pub struct Spec {
     pub nano_cpus: Option<i64>,
     pub memory: Option<i64>,
     pub restarts: u32,
+    /// The previous attempt's end, for `LABEL_LAST_STATE`.
+    pub last_state: Option<String>,
     /// Bind mounts, `host:container[:options]`.
     pub binds: Vec<String>,
 }
@@ -240,7 +245,13 @@ impl Runtime {
             cmd: spec.cmd.clone(),
             env: Some(spec.env.clone()),
             working_dir: spec.working_dir.clone(),
-            labels: Some(self.labels(pod, &spec.name, spec.restarts)),
+            labels: Some({
+                let mut l = self.labels(pod, &spec.name, spec.restarts);
+                if let Some(last) = &spec.last_state {
+                    l.insert(LABEL_LAST_STATE.to_owned(), last.clone());
+                }
+                l
+            }),
             host_config: Some(HostConfig {
                 network_mode: Some(ns.clone()),
                 ipc_mode: Some(ns),

@@ -23,8 +23,8 @@ use crate::network::PodNetwork;
 use skiff_common::quantity::{int_quantity, milli_cpu, parse_quantity};
 
 use docker::{
-    DockerError, LABEL_CONTAINER, LABEL_POD_UID, LABEL_RESTARTS, Managed, PodRef, Runtime, SANDBOX,
-    Spec,
+    DockerError, LABEL_CONTAINER, LABEL_LAST_STATE, LABEL_POD_UID, LABEL_RESTARTS, Managed, PodRef,
+    Runtime, SANDBOX, Spec,
 };
 
 /// Why a pod could not be brought up; logged, and retried on the next sync.
@@ -318,6 +318,7 @@ impl PodManager {
             nano_cpus: limits.get("cpu").and_then(|q| nano_cpus(&q.0)),
             memory: limits.get("memory").and_then(|q| bytes(&q.0)),
             restarts,
+            last_state: None,
             binds: vec![
                 format!("{}:/etc/resolv.conf", net.resolv.display()),
                 format!("{}:/etc/hosts", net.hosts.display()),
@@ -422,9 +423,14 @@ impl PodManager {
         let info = self.runtime.inspect(&m.id).await?;
         let state = info.state.unwrap_or_default();
         let image_id = info.image.unwrap_or_default();
+        let last_state = serde_json::from_str::<Value>(m.label(LABEL_LAST_STATE)).ok();
         let base = |state: Value, ready: bool, started: bool| {
-            json!({"name": c.name, "image": c.image, "imageID": image_id, "containerID": format!("docker://{}", m.id),
-                   "ready": ready, "started": started, "restartCount": restarts, "state": state})
+            let mut s = json!({"name": c.name, "image": c.image, "imageID": image_id, "containerID": format!("docker://{}", m.id),
+                   "ready": ready, "started": started, "restartCount": restarts, "state": state});
+            if let Some(last) = &last_state {
+                s["lastState"] = last.clone();
+            }
+            s
         };
         if state.running.unwrap_or(false) {
             let probed = self.probes.status(&probes::Target {
@@ -476,8 +482,10 @@ impl PodManager {
             s["lastState"] = terminated;
             return Ok(s);
         }
+        let mut next = self.spec(pod, c, restarts + 1, net);
+        next.last_state = Some(terminated.to_string());
         self.runtime
-            .start_container(pr, &net.sandbox, &self.spec(pod, c, restarts + 1, net))
+            .start_container(pr, &net.sandbox, &next)
             .await?;
         self.runtime.remove(&m.id).await?;
         let mut s = base(
