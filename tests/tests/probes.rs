@@ -3,7 +3,8 @@
 //! port keeps passing; a liveness probe (exec) that starts failing restarts its container; a
 //! startup probe that never passes (tcpSocket on a closed port) restarts its container too; an
 //! httpGet liveness probe answered 404 restarts its container; a probe naming a port the
-//! container does not have keeps it unready without harming the agent.
+//! container does not have keeps it unready without harming the agent; a restarted agent
+//! probes the containers it adopts; the API rejects a liveness successThreshold other than 1.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -133,6 +134,14 @@ fn probes_gate_readiness_and_restart_unhealthy_containers() {
         return;
     }
     let c = common::cluster(1, &[]);
+    // The API rejects what Kubernetes rejects.
+    let bad = "apiVersion: v1\nkind: Pod\nmetadata: {name: bad}\nspec:\n  containers:\n  - name: web\n    image: skiff.local/netexec:latest\n    livenessProbe: {tcpSocket: {port: 8080}, successThreshold: 2}\n";
+    let e = c.kubectl_in(&["apply", "-f", "-"], Some(bad)).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("spec.containers[0].livenessProbe.successThreshold: Invalid value"),
+        "{e}"
+    );
     c.kubectl_in(&["apply", "-f", "-"], Some(PODS)).unwrap();
 
     // Startup (tcpSocket on the named port) passes; readiness (exec) fails: started, not ready.
@@ -168,6 +177,26 @@ fn probes_gate_readiness_and_restart_unhealthy_containers() {
         .find(|c| c["type"] == "Ready")
         .unwrap();
     assert_eq!(cond["reason"], "ContainersNotReady", "{cond}");
+
+    // A restarted agent probes the containers it adopts from scratch.
+    in_pod(&gated, "touch /tmp/ready").unwrap();
+    eventually(
+        &c,
+        "gated to be Ready before the agent restarts",
+        15,
+        || ready(&status(&c, "gated")) == Some(true),
+    );
+    c.stop_agent(1).unwrap();
+    c.start_agent(1).unwrap();
+    c.wait_agent_ready(1).unwrap();
+    // Its readiness starts false and turns true on the first probe; a false now would come
+    // from that start, not from a probe, so the check waits it out.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(ready(&status(&c, "gated")), Some(true));
+    in_pod(&gated, "rm /tmp/ready").unwrap();
+    eventually(&c, "the restarted agent to see gated unready", 15, || {
+        ready(&status(&c, "gated")) == Some(false)
+    });
 
     // A liveness probe that starts failing restarts the container, and only then.
     eventually(
