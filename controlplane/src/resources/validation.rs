@@ -459,7 +459,7 @@ mod tests {
     fn probes_are_validated_as_kubernetes_does() {
         let pod = |probes: Value| {
             let mut c = json!({"name": "web", "image": "x"});
-            for (k, v) in probes.as_object().unwrap() {
+            for (k, v) in probes.as_object().into_iter().flatten() {
                 c[k] = v.clone();
             }
             let mut errs = Vec::new();
