@@ -5,12 +5,13 @@
 use std::collections::HashMap;
 
 use bollard::Docker;
+use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, ContainerInspectResponse, HostConfig};
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, ListContainersOptions, RemoveContainerOptions,
     StopContainerOptions,
 };
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 pub const LABEL_NODE: &str = "skiff.io/node";
 pub const LABEL_POD_UID: &str = "skiff.io/pod-uid";
@@ -18,6 +19,9 @@ pub const LABEL_POD_NAMESPACE: &str = "skiff.io/pod-namespace";
 pub const LABEL_POD_NAME: &str = "skiff.io/pod-name";
 pub const LABEL_CONTAINER: &str = "skiff.io/container";
 pub const LABEL_RESTARTS: &str = "skiff.io/restart-count";
+/// How the previous attempt of a container ended (its `terminated` state as JSON): the old
+/// container is removed on restart, and `lastState` must outlive it and an agent restart.
+pub const LABEL_LAST_STATE: &str = "skiff.io/last-state";
 /// The `skiff.io/container` value of a pod's sandbox.
 pub const SANDBOX: &str = "POD_SANDBOX";
 pub const PAUSE_IMAGE: &str = "skiff.local/pause:latest";
@@ -35,6 +39,18 @@ pub enum DockerError {
     },
     #[error("image {0} is not present and the pod's imagePullPolicy is Never")]
     ImageMissing(String),
+    #[error("exec in {0}: the command's output ended but Docker reports no exit code")]
+    ExecNoExitCode(String),
+}
+
+/// Output kept from a command run in a container (the kubelet keeps 10 KiB of a probe's).
+pub const EXEC_OUTPUT_MAX: usize = 10 * 1024;
+
+/// A finished command run in a container.
+#[derive(Debug)]
+pub struct Exec {
+    pub exit_code: i64,
+    pub output: String,
 }
 
 fn op(op: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> DockerError {
@@ -76,6 +92,8 @@ pub struct Spec {
     pub nano_cpus: Option<i64>,
     pub memory: Option<i64>,
     pub restarts: u32,
+    /// The previous attempt's end, for `LABEL_LAST_STATE`.
+    pub last_state: Option<String>,
     /// Bind mounts, `host:container[:options]`.
     pub binds: Vec<String>,
 }
@@ -227,7 +245,13 @@ impl Runtime {
             cmd: spec.cmd.clone(),
             env: Some(spec.env.clone()),
             working_dir: spec.working_dir.clone(),
-            labels: Some(self.labels(pod, &spec.name, spec.restarts)),
+            labels: Some({
+                let mut l = self.labels(pod, &spec.name, spec.restarts);
+                if let Some(last) = &spec.last_state {
+                    l.insert(LABEL_LAST_STATE.to_owned(), last.clone());
+                }
+                l
+            }),
             host_config: Some(HostConfig {
                 network_mode: Some(ns.clone()),
                 ipc_mode: Some(ns),
@@ -307,6 +331,82 @@ impl Runtime {
             }) => Ok(()),
             Err(e) => Err(op(format!("remove {id}"))(e)),
         }
+    }
+
+    /// Stops a container (SIGTERM, then SIGKILL after `grace` seconds) and keeps it, so the
+    /// sync sees it exited and restarts it under the pod's restartPolicy and back-off.
+    pub async fn stop(&self, id: &str, grace: i64) -> Result<(), DockerError> {
+        let t = i32::try_from(grace.clamp(0, 3600)).unwrap_or(30);
+        match self
+            .docker
+            .stop_container(
+                id,
+                Some(StopContainerOptions {
+                    t: Some(t),
+                    ..Default::default()
+                }),
+            )
+            .await
+        {
+            // 304: already stopped.
+            Ok(())
+            | Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(e) => Err(op(format!("stop {id}"))(e)),
+        }
+    }
+
+    /// Runs `cmd` in a running container and waits for it: its exit code and (at most
+    /// `EXEC_OUTPUT_MAX` bytes of) its combined output. The caller bounds the wait.
+    pub async fn exec(&self, id: &str, cmd: &[String]) -> Result<Exec, DockerError> {
+        let created = self
+            .docker
+            .create_exec(
+                id,
+                CreateExecOptions {
+                    cmd: Some(cmd.to_vec()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(op(format!("exec in {id}")))?;
+        let mut output = Vec::new();
+        if let StartExecResults::Attached {
+            output: mut out, ..
+        } = self
+            .docker
+            .start_exec(&created.id, None::<StartExecOptions>)
+            .await
+            .map_err(op(format!("exec in {id}")))?
+        {
+            // The stream ends when the command exits.
+            while let Some(chunk) = out.next().await {
+                let chunk = chunk.map_err(op(format!("exec in {id}")))?;
+                let room = EXEC_OUTPUT_MAX.saturating_sub(output.len());
+                output.extend(chunk.into_bytes().iter().take(room));
+            }
+        }
+        // The exit code can lag the end of the output by a moment.
+        for _ in 0..20 {
+            let info = self
+                .docker
+                .inspect_exec(&created.id)
+                .await
+                .map_err(op(format!("inspect exec in {id}")))?;
+            if info.running != Some(true)
+                && let Some(code) = info.exit_code
+            {
+                return Ok(Exec {
+                    exit_code: code,
+                    output: String::from_utf8_lossy(&output).into_owned(),
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        Err(DockerError::ExecNoExitCode(id.to_owned()))
     }
 
     pub async fn start_existing(&self, id: &str) -> Result<(), DockerError> {

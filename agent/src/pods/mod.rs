@@ -2,9 +2,11 @@
 //! the API by a level-triggered sync (every second and on every change of the node's pods):
 //! create what is missing, restart what exited (restartPolicy, Kubernetes back-off), tear down
 //! pods being deleted and then release them, remove containers of pods that no longer exist,
-//! and report status.
+//! and report status. Probes run on tasks of their own (`probes`) and wake the sync when what
+//! it reports changes.
 
 pub mod docker;
+pub mod probes;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -21,8 +23,8 @@ use crate::network::PodNetwork;
 use skiff_common::quantity::{int_quantity, milli_cpu, parse_quantity};
 
 use docker::{
-    DockerError, LABEL_CONTAINER, LABEL_POD_UID, LABEL_RESTARTS, Managed, PodRef, Runtime, SANDBOX,
-    Spec,
+    DockerError, LABEL_CONTAINER, LABEL_LAST_STATE, LABEL_POD_UID, LABEL_RESTARTS, Managed, PodRef,
+    Runtime, SANDBOX, Spec,
 };
 
 /// Why a pod could not be brought up; logged, and retried on the next sync.
@@ -58,6 +60,10 @@ pub struct PodManager {
     /// Pods a task is working on now.
     inflight: std::sync::Mutex<std::collections::HashSet<String>>,
     workers: tokio::sync::Semaphore,
+    probes: probes::Probes,
+    /// Rung by probes when a container's readiness or health changed, so the sync reports it
+    /// now rather than at its next tick.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 fn pod_ref(p: &Pod) -> PodRef {
@@ -92,9 +98,13 @@ impl PodManager {
         host_ip: &str,
         net: Arc<PodNetwork>,
     ) -> Result<Self, DockerError> {
+        let runtime = Runtime::connect(node).await?;
+        let wake = Arc::new(tokio::sync::Notify::new());
         Ok(Self {
             client,
-            runtime: Runtime::connect(node).await?,
+            probes: probes::Probes::new(runtime.clone(), Arc::clone(&wake)),
+            wake,
+            runtime,
             net,
             inflight: Default::default(),
             workers: tokio::sync::Semaphore::new(POD_WORKERS),
@@ -130,6 +140,7 @@ impl PodManager {
                 _ = &mut stop => break,
                 _ = tick.tick() => {}
                 _ = changed.notified() => {}
+                _ = self.wake.notified() => {}
             }
             // Until the first list completes there is nothing to sync; an API that cannot be
             // reached must not block shutdown while we wait for it.
@@ -153,7 +164,15 @@ impl PodManager {
 
     async fn sync(self: &Arc<Self>, pods: Vec<Arc<Pod>>) -> Result<(), DockerError> {
         let mut by_pod: HashMap<String, Vec<Managed>> = HashMap::new();
-        for c in self.runtime.list().await? {
+        let listed = self.runtime.list().await?;
+        let present = listed.iter().map(|c| c.id.clone()).collect();
+        let running = listed
+            .iter()
+            .filter(|c| c.running)
+            .map(|c| c.id.clone())
+            .collect();
+        self.probes.retain(&present, &running);
+        for c in listed {
             by_pod
                 .entry(c.label(LABEL_POD_UID).to_owned())
                 .or_default()
@@ -217,6 +236,10 @@ impl PodManager {
         let (sandboxes, apps): (Vec<&Managed>, Vec<&Managed>) = mine
             .iter()
             .partition(|c| c.label(LABEL_CONTAINER) == SANDBOX);
+        // A terminating container is not probed: a liveness kill would race the graceful stop.
+        for c in &apps {
+            self.probes.stop(&c.id);
+        }
         let stops = apps
             .iter()
             .map(|c| self.runtime.stop_and_remove(&c.id, grace));
@@ -295,6 +318,7 @@ impl PodManager {
             nano_cpus: limits.get("cpu").and_then(|q| nano_cpus(&q.0)),
             memory: limits.get("memory").and_then(|q| bytes(&q.0)),
             restarts,
+            last_state: None,
             binds: vec![
                 format!("{}:/etc/resolv.conf", net.resolv.display()),
                 format!("{}:/etc/hosts", net.hosts.display()),
@@ -399,25 +423,42 @@ impl PodManager {
         let info = self.runtime.inspect(&m.id).await?;
         let state = info.state.unwrap_or_default();
         let image_id = info.image.unwrap_or_default();
+        let last_state = serde_json::from_str::<Value>(m.label(LABEL_LAST_STATE)).ok();
         let base = |state: Value, ready: bool, started: bool| {
-            json!({"name": c.name, "image": c.image, "imageID": image_id, "containerID": format!("docker://{}", m.id),
-                   "ready": ready, "started": started, "restartCount": restarts, "state": state})
+            let mut s = json!({"name": c.name, "image": c.image, "imageID": image_id, "containerID": format!("docker://{}", m.id),
+                   "ready": ready, "started": started, "restartCount": restarts, "state": state});
+            if let Some(last) = &last_state {
+                s["lastState"] = last.clone();
+            }
+            s
         };
         if state.running.unwrap_or(false) {
+            let probed = self.probes.status(&probes::Target {
+                pod,
+                container: c,
+                id: &m.id,
+                ip: net.ip,
+                started_at: state
+                    .started_at
+                    .as_deref()
+                    .and_then(|t| t.parse::<jiff::Timestamp>().ok()),
+            });
             let started_at = k8s_time(state.started_at.as_deref());
             return Ok(base(
                 json!({"running": {"startedAt": started_at}}),
-                true,
-                true,
+                probed.ready,
+                probed.started,
             ));
         }
         let exit = state.exit_code.unwrap_or(0);
         let finished = k8s_time(state.finished_at.as_deref());
         let terminated = json!({"terminated": {"exitCode": exit, "reason": if exit == 0 { "Completed" } else { "Error" },
             "startedAt": k8s_time(state.started_at.as_deref()), "finishedAt": finished}});
+        // A container a probe stopped is restarted whatever its exit code (the kubelet's
+        // rule), unless the policy is Never.
         let restart = match policy {
             "Always" => true,
-            "OnFailure" => exit != 0,
+            "OnFailure" => exit != 0 || self.probes.killed(&m.id),
             _ => false,
         };
         if !restart {
@@ -441,8 +482,10 @@ impl PodManager {
             s["lastState"] = terminated;
             return Ok(s);
         }
+        let mut next = self.spec(pod, c, restarts + 1, net);
+        next.last_state = Some(terminated.to_string());
         self.runtime
-            .start_container(pr, &net.sandbox, &self.spec(pod, c, restarts + 1, net))
+            .start_container(pr, &net.sandbox, &next)
             .await?;
         self.runtime.remove(&m.id).await?;
         let mut s = base(
@@ -479,7 +522,13 @@ impl PodManager {
         } else {
             "Pending"
         };
-        let ready = all_running;
+        // Ready follows the containers' readiness (their probes, or running when they have none).
+        let unready: Vec<&str> = statuses
+            .iter()
+            .filter(|s| s.get("ready").and_then(Value::as_bool) != Some(true))
+            .filter_map(|s| s.get("name").and_then(Value::as_str))
+            .collect();
+        let ready = unready.is_empty();
         let old = pod.status.as_ref();
         let t = jiff::Timestamp::now()
             .strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -502,7 +551,15 @@ impl PodManager {
                 Some((s, Some(when))) if s == status => when,
                 _ => t.clone(),
             };
-            json!({"type": ty, "status": status, "lastProbeTime": null, "lastTransitionTime": since})
+            let mut c = json!({"type": ty, "status": status, "lastProbeTime": null, "lastTransitionTime": since});
+            if !ok && matches!(ty, "Ready" | "ContainersReady") {
+                c["reason"] = json!("ContainersNotReady");
+                c["message"] = json!(format!(
+                    "containers with unready status: [{}]",
+                    unready.join(" ")
+                ));
+            }
+            c
         };
         let status = json!({
             "phase": phase,

@@ -212,6 +212,9 @@ pub fn validate_pod_spec(spec: Option<&Value>, path: &str, errs: &mut Vec<FieldE
                     errs,
                 );
             }
+            if list == "containers" {
+                validate_probes(c, &at, errs);
+            }
             for (j, env) in c
                 .get("env")
                 .and_then(Value::as_array)
@@ -275,6 +278,162 @@ pub fn validate_pod_spec(spec: Option<&Value>, path: &str, errs: &mut Vec<FieldE
     }
 }
 
+/// IsValidPortName: an IANA service name.
+fn port_name_errors(name: &str) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if name.is_empty() || name.len() > 15 {
+        out.push("must be no more than 15 characters");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        out.push("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)");
+    }
+    if !name.bytes().any(|b| b.is_ascii_lowercase()) {
+        out.push("must contain at least one letter (a-z)");
+    }
+    if name.contains("--") {
+        out.push("must not contain consecutive hyphens");
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        out.push("must not begin or end with a hyphen");
+    }
+    out
+}
+
+/// ValidatePortNumOrName.
+fn check_port_num_or_name(v: Option<&Value>, field: String, errs: &mut Vec<FieldError>) {
+    match v {
+        None => errs.push(FieldError::required(field)),
+        Some(Value::String(name)) => {
+            for why in port_name_errors(name) {
+                errs.push(FieldError::invalid(field.clone(), name, why));
+            }
+        }
+        Some(_) => check_port(v, field, true, errs),
+    }
+}
+
+/// Kubernetes' validateProbe and the container-level probe rules.
+fn validate_probes(c: &Value, at: &str, errs: &mut Vec<FieldError>) {
+    for kind in ["livenessProbe", "readinessProbe", "startupProbe"] {
+        let Some(probe) = c.get(kind).filter(|p| !p.is_null()) else {
+            continue;
+        };
+        let path = format!("{at}.{kind}");
+        let mut handlers = 0;
+        for handler in ["exec", "httpGet", "tcpSocket", "grpc"] {
+            let Some(h) = probe.get(handler).filter(|h| !h.is_null()) else {
+                continue;
+            };
+            if handlers > 0 {
+                errs.push(FieldError::forbidden(
+                    format!("{path}.{handler}"),
+                    "may not specify more than 1 handler type",
+                ));
+                continue;
+            }
+            handlers += 1;
+            let hpath = format!("{path}.{handler}");
+            match handler {
+                "exec" => {
+                    if h.get("command")
+                        .and_then(Value::as_array)
+                        .is_none_or(|c| c.is_empty())
+                    {
+                        errs.push(FieldError::required(format!("{hpath}.command")));
+                    }
+                }
+                "httpGet" => {
+                    if h.get("path")
+                        .and_then(Value::as_str)
+                        .is_none_or(str::is_empty)
+                    {
+                        errs.push(FieldError::required(format!("{hpath}.path")));
+                    }
+                    check_port_num_or_name(h.get("port"), format!("{hpath}.port"), errs);
+                    if let Some(scheme) = h.get("scheme").and_then(Value::as_str)
+                        && !matches!(scheme, "HTTP" | "HTTPS")
+                    {
+                        errs.push(FieldError::not_supported(
+                            format!("{hpath}.scheme"),
+                            scheme,
+                            &["HTTP", "HTTPS"],
+                        ));
+                    }
+                    for (k, header) in h
+                        .get("httpHeaders")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .enumerate()
+                    {
+                        let name = header.get("name").and_then(Value::as_str).unwrap_or("");
+                        // An HTTP token: what may stand before the colon of a header line.
+                        let token = !name.is_empty()
+                            && name.bytes().all(|b| {
+                                b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+                            });
+                        if !token {
+                            errs.push(FieldError::invalid(
+                                format!("{hpath}.httpHeaders[{k}].name"),
+                                name,
+                                "a valid HTTP header must consist of alphanumeric characters or '-' (e.g. 'X-Header-Name', regex used for validation is '[-A-Za-z0-9]+')",
+                            ));
+                        }
+                    }
+                }
+                "tcpSocket" => {
+                    check_port_num_or_name(h.get("port"), format!("{hpath}.port"), errs);
+                }
+                _ => check_port(h.get("port"), format!("{hpath}.port"), true, errs),
+            }
+        }
+        if handlers == 0 {
+            errs.push(FieldError {
+                message: "Required value: must specify a handler type".into(),
+                ..FieldError::required(path.clone())
+            });
+        }
+        for field in [
+            "initialDelaySeconds",
+            "timeoutSeconds",
+            "periodSeconds",
+            "successThreshold",
+            "failureThreshold",
+        ] {
+            check_non_negative(probe.get(field), &format!("{path}.{field}"), errs);
+        }
+        let grace = probe.get("terminationGracePeriodSeconds");
+        if let Some(g) = grace.and_then(Value::as_i64) {
+            if kind == "readinessProbe" {
+                errs.push(FieldError::invalid(
+                    format!("{path}.terminationGracePeriodSeconds"),
+                    g,
+                    "must not be set for readinessProbes",
+                ));
+            } else if g <= 0 {
+                errs.push(FieldError::invalid(
+                    format!("{path}.terminationGracePeriodSeconds"),
+                    g,
+                    "must be greater than 0",
+                ));
+            }
+        }
+        if kind != "readinessProbe"
+            && let Some(n) = probe.get("successThreshold").and_then(Value::as_i64)
+            && n != 1
+        {
+            errs.push(FieldError::invalid(
+                format!("{path}.successThreshold"),
+                n,
+                "must be 1",
+            ));
+        }
+    }
+}
+
 pub fn check_port_field(
     v: Option<&Value>,
     field: String,
@@ -294,6 +453,69 @@ mod tests {
         let mut errs = Vec::new();
         validate_pod_spec(Some(&json!({})), "spec", &mut errs);
         assert_eq!(errs, [FieldError::required("spec.containers")]);
+    }
+
+    #[test]
+    fn probes_are_validated_as_kubernetes_does() {
+        let pod = |probes: Value| {
+            let mut c = json!({"name": "web", "image": "x"});
+            for (k, v) in probes.as_object().into_iter().flatten() {
+                c[k] = v.clone();
+            }
+            let mut errs = Vec::new();
+            validate_pod_spec(Some(&json!({"containers": [c]})), "spec", &mut errs);
+            errs.into_iter()
+                .map(|e| format!("{}: {}", e.field, e.message))
+                .collect::<Vec<_>>()
+        };
+        let at = "spec.containers[0]";
+        assert_eq!(
+            pod(json!({
+                "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http", "httpHeaders": [{"name": "X-A", "value": "1"}]}, "successThreshold": 1},
+                "readinessProbe": {"exec": {"command": ["true"]}, "successThreshold": 3},
+                "startupProbe": {"tcpSocket": {"port": 8080}, "failureThreshold": 30, "terminationGracePeriodSeconds": 5},
+            })),
+            Vec::<String>::new()
+        );
+        let errs = pod(json!({
+            "livenessProbe": {"tcpSocket": {"port": 8080}, "successThreshold": 2},
+            "readinessProbe": {"terminationGracePeriodSeconds": 3},
+            "startupProbe": {"exec": {"command": []}, "tcpSocket": {"port": "Bad--Name"}, "periodSeconds": -1},
+        }));
+        for want in [
+            format!("{at}.livenessProbe.successThreshold: Invalid value: \"2\": must be 1"),
+            format!("{at}.readinessProbe: Required value: must specify a handler type"),
+            format!(
+                "{at}.readinessProbe.terminationGracePeriodSeconds: Invalid value: \"3\": must not be set for readinessProbes"
+            ),
+            format!("{at}.startupProbe.exec.command: Required value"),
+            format!(
+                "{at}.startupProbe.tcpSocket: Forbidden: may not specify more than 1 handler type"
+            ),
+            format!(
+                "{at}.startupProbe.periodSeconds: Invalid value: \"-1\": must be greater than or equal to 0"
+            ),
+        ] {
+            assert!(errs.contains(&want), "{want} in {errs:#?}");
+        }
+        assert_eq!(errs.len(), 6, "{errs:#?}");
+        let errs = pod(json!({
+            "livenessProbe": {"httpGet": {"path": "", "port": 0, "scheme": "FTP", "httpHeaders": [{"name": "a b", "value": ""}]}},
+            "readinessProbe": {"tcpSocket": {"port": "1234"}},
+        }));
+        assert_eq!(errs.len(), 5, "{errs:#?}");
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("livenessProbe.httpGet.port")
+                    && e.contains("between 1 and 65535")),
+            "{errs:#?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("readinessProbe.tcpSocket.port")
+                    && e.contains("at least one letter")),
+            "{errs:#?}"
+        );
     }
 
     #[test]
