@@ -29,6 +29,11 @@ spec:
         image: skiff.local/netexec:latest
         imagePullPolicy: Never
         ports: [{name: http, containerPort: 8080}]
+        # Ready unless /tmp/unready exists: the test flips one pod's readiness.
+        readinessProbe:
+          exec: {command: [sh, -c, "! test -f /tmp/unready"]}
+          periodSeconds: 1
+          failureThreshold: 1
 ---
 apiVersion: v1
 kind: Service
@@ -291,6 +296,32 @@ fn pods_and_nodes_resolve_services_by_name() {
         srv.iter().all(|l| l.contains(" 8080 ")),
         "endpoint port: {srv:?}"
     );
+    // One pod turns unready, then ready again: the answer follows.
+    let flip = pods(&c, "app=web").remove(0);
+    in_pod(&flip.container, "touch /tmp/unready").unwrap();
+    eventually(
+        &c,
+        "the unready pod gone from the headless answer",
+        30,
+        || {
+            let got = lines(&dig(
+                &c,
+                2,
+                &dns,
+                &["web-headless.default.svc.cluster.local"],
+            ));
+            got.len() == 1 && !got.contains(&flip.ip)
+        },
+    );
+    in_pod(&flip.container, "rm /tmp/unready").unwrap();
+    eventually(&c, "the pod back in the headless answer", 30, || {
+        lines(&dig(
+            &c,
+            2,
+            &dns,
+            &["web-headless.default.svc.cluster.local"],
+        )) == web_pods
+    });
     c.kubectl(&["scale", "deployment", "web", "--replicas", "3"])
         .unwrap();
     eventually(
@@ -341,7 +372,8 @@ fn pods_and_nodes_resolve_services_by_name() {
     let took = answered.expect("the new Service never resolved");
     eprintln!("a new Service resolved {took:?} after its creation");
     assert!(took < Duration::from_secs(1), "took {took:?}");
-    // The cluster DNS address is the node's own: no proxy rule sends it anywhere else.
+    // The cluster DNS address is the node's own: no proxy rule sends it anywhere else, and
+    // queries to it skip conntrack.
     let rules = c
         .in_node(1, "sh")
         .args([
@@ -350,7 +382,16 @@ fn pods_and_nodes_resolve_services_by_name() {
         ])
         .output()
         .unwrap();
-    assert!(!String::from_utf8_lossy(&rules.stdout).contains(&format!("-d {dns}/32")));
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    let on_dns: Vec<&str> = rules
+        .lines()
+        .filter(|l| l.contains(&format!("-d {dns}/32")))
+        .collect();
+    assert!(!on_dns.is_empty(), "no NOTRACK rule for {dns}");
+    assert!(
+        on_dns.iter().all(|l| l.ends_with("-j NOTRACK")),
+        "{on_dns:?}"
+    );
 
     let _ = dnsmasq.kill();
     let _ = dnsmasq.wait();

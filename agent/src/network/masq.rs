@@ -2,6 +2,10 @@
 //! `iptables-restore --noflush` (which replaces only the chains it names): pod traffic leaving
 //! the cluster is masqueraded (`--random-fully`), traffic between pods never is, and pod traffic
 //! is accepted for forwarding even where the FORWARD policy is DROP (Docker sets it so).
+//! Queries to the node's own cluster DNS address skip conntrack (as NodeLocal DNSCache does):
+//! a lookup costs no conntrack entry, and a query storm cannot fill the table.
+
+use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
@@ -10,12 +14,21 @@ use crate::iptables::Iptables;
 
 pub const NAT_CHAIN: &str = "SKIFF-POD-MASQ";
 pub const FORWARD_CHAIN: &str = "SKIFF-POD-FORWARD";
+pub const DNS_CHAIN: &str = "SKIFF-DNS-NOTRACK";
 
-/// The restore input for a node with `pod_cidr` in a cluster of `cluster_cidr`.
-pub fn rules(cluster_cidr: Ipv4Net, pod_cidr: Ipv4Net) -> String {
+/// The restore input for a node with `pod_cidr` in a cluster of `cluster_cidr`, answering
+/// cluster DNS on `dns` itself.
+pub fn rules(cluster_cidr: Ipv4Net, pod_cidr: Ipv4Net, dns: Ipv4Addr) -> String {
     let c = cluster_cidr;
     format!(
-        "*nat\n\
+        "*raw\n\
+         :{DNS_CHAIN} - [0:0]\n\
+         -A {DNS_CHAIN} -d {dns}/32 -p udp --dport 53 -j NOTRACK\n\
+         -A {DNS_CHAIN} -d {dns}/32 -p tcp --dport 53 -j NOTRACK\n\
+         -A {DNS_CHAIN} -s {dns}/32 -p udp --sport 53 -j NOTRACK\n\
+         -A {DNS_CHAIN} -s {dns}/32 -p tcp --sport 53 -j NOTRACK\n\
+         COMMIT\n\
+         *nat\n\
          :{NAT_CHAIN} - [0:0]\n\
          -A {NAT_CHAIN} -s {c} -d {c} -m comment --comment \"pod to pod: keep the source\" -j RETURN\n\
          -A {NAT_CHAIN} -s {c} ! -d 224.0.0.0/4 -m comment --comment \"pod leaving the cluster\" -j MASQUERADE --random-fully\n\
@@ -31,9 +44,16 @@ pub fn rules(cluster_cidr: Ipv4Net, pod_cidr: Ipv4Net) -> String {
 }
 
 /// Writes the chains and makes sure POSTROUTING and FORWARD jump to them; idempotent.
-pub fn apply(ipt: &Iptables, cluster_cidr: Ipv4Net, pod_cidr: Ipv4Net) -> Result<(), NetworkError> {
-    ipt.restore(&rules(cluster_cidr, pod_cidr))?;
+pub fn apply(
+    ipt: &Iptables,
+    cluster_cidr: Ipv4Net,
+    pod_cidr: Ipv4Net,
+    dns: Ipv4Addr,
+) -> Result<(), NetworkError> {
+    ipt.restore(&rules(cluster_cidr, pod_cidr, dns))?;
     for (table, hook, chain) in [
+        ("raw", "PREROUTING", DNS_CHAIN),
+        ("raw", "OUTPUT", DNS_CHAIN),
         ("nat", "POSTROUTING", NAT_CHAIN),
         ("filter", "FORWARD", FORWARD_CHAIN),
     ] {
@@ -58,6 +78,7 @@ mod tests {
         let r = rules(
             "10.244.0.0/16".parse().unwrap(),
             "10.244.3.0/24".parse().unwrap(),
+            "10.96.0.10".parse().unwrap(),
         );
         let nat: Vec<&str> = r
             .lines()
@@ -67,6 +88,7 @@ mod tests {
         assert!(nat[0].contains("-s 10.244.0.0/16 -d 10.244.0.0/16") && nat[0].ends_with("RETURN"));
         assert!(nat[1].ends_with("MASQUERADE --random-fully"));
         assert!(nat[2].contains("-d 10.244.3.0/24"));
-        assert_eq!(r.matches("COMMIT").count(), 2);
+        assert_eq!(r.matches("COMMIT").count(), 3);
+        assert_eq!(r.matches("-j NOTRACK").count(), 4);
     }
 }

@@ -443,7 +443,7 @@ pub async fn start(
     let mac = overlay::stable_mac(data_dir)?;
     let overlay = Overlay::new(handle.clone(), uplink.clone(), mac, pod_cidr);
     overlay.ensure_device().await?;
-    masq::apply(&ipt, cluster.cluster_cidr, pod_cidr)?;
+    masq::apply(&ipt, cluster.cluster_cidr, pod_cidr, cluster.cluster_dns)?;
     let ipam = Ipam::open(data_dir, pod_cidr)?;
     let mtu = overlay.mtu();
     let bridge = bridge::ensure_bridge(&handle, ipam.gateway(), pod_cidr.prefix_len(), mtu).await?;
@@ -516,7 +516,7 @@ pub async fn start(
             if let Err(e) = ensure_dns_address(&keep.handle, cluster.cluster_dns).await {
                 tracing::warn!("cluster DNS address: {e}");
             }
-            if let Err(e) = masq::apply(&ipt, cluster.cluster_cidr, pod_cidr) {
+            if let Err(e) = masq::apply(&ipt, cluster.cluster_cidr, pod_cidr, cluster.cluster_dns) {
                 tracing::warn!("pod network rules: {e}");
             }
             last = Some(peers);
