@@ -5,6 +5,7 @@ mod bench_dns;
 mod bench_proxy;
 mod cluster;
 mod demo;
+mod ebpf;
 mod gen_protobuf;
 mod image;
 mod setup;
@@ -34,6 +35,8 @@ enum Cmd {
         #[arg(long)]
         debug: bool,
     },
+    /// Builds the eBPF service datapath into ebpf/prebuilt/ (nightly, build-std, bpf-linker).
+    BuildEbpf,
     /// Regenerates the protobuf schema table (controlplane/src/api/protobuf/schema.rs) from k8s-pb.
     GenProtobuf,
     /// One command to see skiff run: a local two-node cluster with a sample app.
@@ -57,6 +60,7 @@ fn main() {
         Cmd::Ci => ci(),
         Cmd::Image { debug } => setup::run().and_then(|()| image::run(!debug)),
         Cmd::GenProtobuf => gen_protobuf::run(&root()),
+        Cmd::BuildEbpf => setup::run().and_then(|()| ebpf::run()),
         Cmd::Demo => demo::run(),
         Cmd::Cluster { action } => cluster::run(action),
         Cmd::Bench { which } => bench::run(which),
@@ -96,6 +100,8 @@ fn ci() -> Result<()> {
     setup::run()?;
     sh(cargo().args(["fmt", "--all", "--check"]))?;
     gen_protobuf::check(&root())?;
+    ebpf::check()?;
+    ebpf::clippy()?;
     // The agent's end-to-end tests run pods from the local images.
     image::run(false)?;
     sh(cargo().args([

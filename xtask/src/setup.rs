@@ -23,6 +23,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("bind9-dnsutils", "/usr/bin/dig"),
     ("dnsmasq-base", "/usr/sbin/dnsmasq"),
     ("dnsperf", "/usr/bin/dnsperf"),
+    // The eBPF toolchain: bpf-linker links against LLVM 22.
+    ("llvm-22-dev", "/usr/lib/llvm-22/bin/llvm-config"),
+    ("libpolly-22-dev", "/usr/lib/llvm-22/lib/libPolly.a"),
     // Benchmarks: pod network throughput.
     ("iperf3", "/usr/bin/iperf3"),
 ];
@@ -73,6 +76,41 @@ fn start_dockerd() -> Result<()> {
     bail!("dockerd did not come up within 60 s; see /var/log/skiff-dockerd.log")
 }
 
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Nightly's rust-src (build-std) and bpf-linker, for `cargo xtask build-ebpf`.
+fn ebpf_toolchain() -> Result<()> {
+    if crate::ebpf::toolchain_present() {
+        return Ok(());
+    }
+    // The machine's nightly, not a newer one: the committed object must rebuild byte for byte.
+    sh(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "clippy",
+        "--toolchain",
+        "nightly",
+    ]))?;
+    if !have("bpf-linker") {
+        // The default feature wants LLVM 23, which Debian does not ship; LLVM 22 is.
+        sh(Command::new("cargo")
+            .args([
+                "install",
+                "--locked",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22")
+            .env("RUSTFLAGS", "-L /usr/lib/llvm-22/lib"))?;
+    }
+    Ok(())
+}
+
 pub fn run() -> Result<()> {
     let missing: Vec<&str> = PACKAGES
         .iter()
@@ -95,6 +133,7 @@ pub fn run() -> Result<()> {
     if !python_has("kubernetes") {
         sh(Command::new("python3").args(["-m", "pip", "install", "--quiet", "kubernetes"]))?;
     }
+    ebpf_toolchain()?;
     if !docker_answers() {
         start_dockerd()?;
     }

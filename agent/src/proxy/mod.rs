@@ -4,6 +4,7 @@
 //! first sync reconciles what a previous agent left, so established connections survive.
 
 pub mod conntrack;
+pub mod ebpf;
 pub mod health;
 pub mod iptables;
 pub mod model;

@@ -1,0 +1,216 @@
+//! The eBPF service datapath in the real kernel: a client namespace and a backend namespace
+//! joined by a router namespace whose two veth ends carry the programs, as a node's pod veths
+//! do. Connections to a service frontend reach the backend with the client's own address, and
+//! the replies come back from the frontend; a restarted loader keeps established connections.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::Command;
+use std::time::Duration;
+
+use skiff_agent::proxy::ebpf::{Datapath, Sizes, wire_addr, wire_port};
+use skiff_ebpf_common::{PROTO_TCP, PROTO_UDP, ServiceKey};
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The test's namespaces, removed (with their veths) on drop; the pins too.
+struct Net {
+    tag: String,
+    pins: std::path::PathBuf,
+}
+
+impl Net {
+    fn ns(&self, role: &str) -> String {
+        format!("skebpf-{}-{role}", self.tag)
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for role in ["c", "h", "b"] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.ns(role)])
+                .output();
+        }
+        let _ = std::fs::remove_dir_all(&self.pins);
+        // The parent too, when this test was its only user (remove_dir leaves a non-empty one).
+        if let Some(parent) = self.pins.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
+/// Runs `f` on a thread inside namespace `ns`.
+fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let file = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
+    std::thread::spawn(move || {
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+fn privileged() -> bool {
+    let root = nix::unistd::Uid::effective().is_root();
+    if !root {
+        assert!(
+            std::env::var_os("SKIFF_E2E_REQUIRED").is_none(),
+            "the eBPF datapath test needs root"
+        );
+        eprintln!("SKIPPED: the eBPF datapath test needs root");
+    }
+    root
+}
+
+#[test]
+fn service_traffic_is_translated_both_ways_and_survives_a_reload() {
+    if !privileged() {
+        return;
+    }
+    let k = std::process::id() % 200 + 20;
+    let net = Net {
+        tag: format!("{}", std::process::id()),
+        pins: format!("/sys/fs/bpf/skiff/test-{}", std::process::id()).into(),
+    };
+    let (c, h, b) = (net.ns("c"), net.ns("h"), net.ns("b"));
+    for ns in [&c, &h, &b] {
+        ip(&["netns", "add", ns]);
+        ip(&["-n", ns, "link", "set", "lo", "up"]);
+    }
+    let client = format!("10.251.{k}.2");
+    let backend = format!("10.252.{k}.2");
+    ip(&[
+        "-n", &h, "link", "add", "h0", "type", "veth", "peer", "name", "c0", "netns", &c,
+    ]);
+    ip(&[
+        "-n", &h, "link", "add", "hb0", "type", "veth", "peer", "name", "b0", "netns", &b,
+    ]);
+    for (ns, dev, addr) in [
+        (&c, "c0", format!("{client}/24")),
+        (&h, "h0", format!("10.251.{k}.1/24")),
+        (&h, "hb0", format!("10.252.{k}.1/24")),
+        (&b, "b0", format!("{backend}/24")),
+    ] {
+        ip(&["-n", ns, "addr", "add", &addr, "dev", dev]);
+        ip(&["-n", ns, "link", "set", dev, "up"]);
+    }
+    ip(&[
+        "-n",
+        &c,
+        "route",
+        "add",
+        "default",
+        "via",
+        &format!("10.251.{k}.1"),
+    ]);
+    ip(&[
+        "-n",
+        &b,
+        "route",
+        "add",
+        "default",
+        "via",
+        &format!("10.252.{k}.1"),
+    ]);
+    in_ns(&h, || {
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap()
+    });
+
+    // The backend answers each TCP connection and UDP datagram with the address it saw.
+    let backend_ip: Ipv4Addr = backend.parse().unwrap();
+    let (tcp, udp) = in_ns(&b, move || {
+        (
+            TcpListener::bind((backend_ip, 8080)).unwrap(),
+            UdpSocket::bind((backend_ip, 8081)).unwrap(),
+        )
+    });
+    std::thread::spawn(move || {
+        for s in tcp.incoming() {
+            let Ok(mut s) = s else { continue };
+            let peer = s.peer_addr().unwrap().ip().to_string();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(peer.as_bytes()).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while let Ok((_, from)) = udp.recv_from(&mut buf) {
+            let _ = udp.send_to(from.ip().to_string().as_bytes(), from);
+        }
+    });
+
+    let vip: Ipv4Addr = "10.96.77.7".parse().unwrap();
+    let pins = net.pins.clone();
+    let load = move |pins: std::path::PathBuf| {
+        move || {
+            let mut dp = Datapath::load(&pins, Sizes::default()).unwrap();
+            dp.attach("h0").unwrap();
+            dp.attach("hb0").unwrap();
+            for (port, target, proto) in [(80, 8080, PROTO_TCP), (81, 8081, PROTO_UDP)] {
+                let frontend = ServiceKey {
+                    addr: wire_addr(vip),
+                    port: wire_port(port),
+                    proto,
+                    _pad: 0,
+                };
+                dp.set_service(frontend, u32::from(port), &[(backend_ip, target)])
+                    .unwrap();
+            }
+            dp
+        }
+    };
+    let dp = in_ns(&h, load(pins.clone()));
+
+    // TCP through the frontend: the backend sees the client; the client talks to the VIP.
+    let (first, conn) = in_ns(&c, move || {
+        let mut s =
+            TcpStream::connect_timeout(&SocketAddr::from((vip, 80)), Duration::from_secs(3))
+                .unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s.write_all(b"hi").unwrap();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap();
+        (String::from_utf8_lossy(&buf[..n]).into_owned(), s)
+    });
+    assert_eq!(first, client, "the backend sees the client's own address");
+    assert_eq!(conn.peer_addr().unwrap(), SocketAddr::from((vip, 80)));
+
+    // UDP: the reply comes from the frontend the client sent to.
+    let (seen, from) = in_ns(&c, move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s.send_to(b"hi", (vip, 81)).unwrap();
+        let mut buf = [0u8; 64];
+        let (n, from) = s.recv_from(&mut buf).unwrap();
+        (String::from_utf8_lossy(&buf[..n]).into_owned(), from)
+    });
+    assert_eq!(seen, client);
+    assert_eq!(from, SocketAddr::from((vip, 81)));
+    let stats = dp.stats().unwrap();
+    assert!(stats.translated >= 2 && stats.replies >= 2, "{stats:?}");
+
+    // A new loader (an agent restart) takes over the pinned maps and links: the established
+    // connection keeps working.
+    drop(dp);
+    let _dp = in_ns(&h, load(pins));
+    let mut conn = conn;
+    conn.write_all(b"again").unwrap();
+    let mut buf = [0u8; 64];
+    let n = conn.read(&mut buf).unwrap();
+    assert_eq!(String::from_utf8_lossy(&buf[..n]), client);
+}
