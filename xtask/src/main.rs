@@ -36,7 +36,11 @@ enum Cmd {
         debug: bool,
     },
     /// Builds the eBPF service datapath into ebpf/prebuilt/ (nightly, build-std, bpf-linker).
-    BuildEbpf,
+    BuildEbpf {
+        /// Only check that the committed object matches its sources (what CI does).
+        #[arg(long)]
+        check: bool,
+    },
     /// Regenerates the protobuf schema table (controlplane/src/api/protobuf/schema.rs) from k8s-pb.
     GenProtobuf,
     /// One command to see skiff run: a local two-node cluster with a sample app.
@@ -60,7 +64,8 @@ fn main() {
         Cmd::Ci => ci(),
         Cmd::Image { debug } => setup::run().and_then(|()| image::run(!debug)),
         Cmd::GenProtobuf => gen_protobuf::run(&root()),
-        Cmd::BuildEbpf => setup::run().and_then(|()| ebpf::run()),
+        Cmd::BuildEbpf { check: true } => ebpf::check(),
+        Cmd::BuildEbpf { check: false } => setup::run().and_then(|()| ebpf::run()),
         Cmd::Demo => demo::run(),
         Cmd::Cluster { action } => cluster::run(action),
         Cmd::Bench { which } => bench::run(which),
