@@ -144,6 +144,21 @@ impl Runtime {
             .collect())
     }
 
+    /// The Docker client, for streams the agent's kubelet endpoint serves (logs, exec).
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// Every attempt (current and kept previous ones) of container `name` of pod `uid`.
+    pub async fn attempts(&self, uid: &str, name: &str) -> Result<Vec<Managed>, DockerError> {
+        Ok(self
+            .list()
+            .await?
+            .into_iter()
+            .filter(|c| c.label(LABEL_POD_UID) == uid && c.label(LABEL_CONTAINER) == name)
+            .collect())
+    }
+
     /// PID of the container's first process (0 when it is not running).
     pub async fn pid(&self, id: &str) -> Result<u32, DockerError> {
         let info = self.inspect(id).await?;

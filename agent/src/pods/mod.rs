@@ -337,22 +337,26 @@ impl PodManager {
             return Ok(());
         };
         let policy = spec.restart_policy.as_deref().unwrap_or("Always");
-        // Newest container per name (older attempts are removed when a new one starts).
-        let mut newest: HashMap<String, Managed> = HashMap::new();
+        // Newest container per name; the attempt before it is kept while it is stopped (for
+        // `kubectl logs --previous`), anything older is removed.
+        let mut by_name: HashMap<String, Vec<Managed>> = HashMap::new();
         for c in mine {
-            let name = c.label(LABEL_CONTAINER).to_owned();
-            match newest.get(&name) {
-                Some(n) if n.created >= c.created => {
-                    self.runtime.remove(&c.id).await?;
-                }
-                Some(old) => {
+            by_name
+                .entry(c.label(LABEL_CONTAINER).to_owned())
+                .or_default()
+                .push(c);
+        }
+        let mut newest: HashMap<String, Managed> = HashMap::new();
+        for (name, mut attempts) in by_name {
+            attempts.sort_by_key(|c| std::cmp::Reverse(c.created));
+            let mut it = attempts.into_iter();
+            let Some(first) = it.next() else { continue };
+            for (i, old) in it.enumerate() {
+                if i > 0 || old.running || name == SANDBOX {
                     self.runtime.remove(&old.id).await?;
-                    newest.insert(name, c);
-                }
-                None => {
-                    newest.insert(name, c);
                 }
             }
+            newest.insert(name, first);
         }
         let sandbox = match newest.get(SANDBOX) {
             Some(s) if s.running => s.id.clone(),
@@ -487,7 +491,8 @@ impl PodManager {
         self.runtime
             .start_container(pr, &net.sandbox, &next)
             .await?;
-        self.runtime.remove(&m.id).await?;
+        // The exited attempt stays as the previous one (its logs); the next sync removes the
+        // one before it.
         let mut s = base(
             json!({"waiting": {"reason": "ContainerCreating"}}),
             false,
