@@ -296,7 +296,15 @@ async fn main() -> ExitCode {
         },
         stop_rx.clone(),
     ));
-    let pods = match PodManager::new(client.clone(), &args.node_name, &host_ip, net).await {
+    let pods = match PodManager::new(
+        client.clone(),
+        &args.node_name,
+        &host_ip,
+        net,
+        &args.data_dir,
+    )
+    .await
+    {
         Ok(p) => Arc::new(p),
         Err(e) => {
             eprintln!("error: {e}");
