@@ -305,7 +305,16 @@ pub async fn proxy(
         .await
         .map_err(|e| unavailable(node, e))?;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        let (p, body) = resp.into_parts();
+        let (mut p, body) = resp.into_parts();
+        // Hop-by-hop headers of the agent's connection mean nothing to ours (or break HTTP/2).
+        for h in [
+            header::CONNECTION,
+            header::TRANSFER_ENCODING,
+            header::UPGRADE,
+            header::HeaderName::from_static("keep-alive"),
+        ] {
+            p.headers.remove(h);
+        }
         return Ok(Response::from_parts(p, Body::new(body)));
     }
     let Some(client_upgrade) = client_upgrade else {
