@@ -5,6 +5,7 @@
 pub mod client;
 pub mod dns;
 pub mod iptables;
+pub mod kubelet;
 pub mod network;
 pub mod node;
 pub mod pods;

@@ -6,7 +6,8 @@ use clap::{Parser, ValueEnum};
 use skiff_agent::iptables::{Backend, Iptables};
 use skiff_agent::node::{Facts, NodeAgent};
 use skiff_agent::pods::PodManager;
-use skiff_agent::{client, dns, network, proxy};
+use skiff_agent::pods::docker::Runtime;
+use skiff_agent::{client, dns, kubelet, network, proxy};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum ProxyMode {
@@ -56,7 +57,11 @@ struct Args {
     /// How long one upstream resolver may take to answer before the next is asked.
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration)]
     dns_upstream_timeout: std::time::Duration,
-    /// State directory (IPAM, overlay MAC).
+    /// Port of the node's kubelet endpoint, which the controlplane calls for `kubectl logs` and
+    /// `kubectl exec` (HTTPS, controlplane client certificate only).
+    #[arg(long, value_name = "PORT", default_value_t = 10250)]
+    kubelet_port: u16,
+    /// State directory (IPAM, overlay MAC, kubelet endpoint certificate).
     #[arg(long, value_name = "DIR", default_value = "/var/lib/skiff-agent")]
     data_dir: PathBuf,
 }
@@ -101,6 +106,41 @@ async fn serve_dns(
     }
 }
 
+/// The kubelet endpoint, bound and ready to serve.
+struct KubeletEndpoint {
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    runtime: Runtime,
+    sha256: String,
+}
+
+async fn kubelet_endpoint(args: &Args, host_ip: &str) -> Result<KubeletEndpoint, String> {
+    let cert = kubelet::load_or_create_cert(
+        &args.data_dir,
+        &[host_ip.to_owned(), args.node_name.clone()],
+    )
+    .map_err(|e| e.to_string())?;
+    let tls = kubelet::tls_config(&cert, &args.ca_file).map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind(("0.0.0.0", args.kubelet_port))
+        .await
+        .map_err(|source| {
+            kubelet::KubeletError::Listen {
+                port: args.kubelet_port,
+                source,
+            }
+            .to_string()
+        })?;
+    let runtime = Runtime::connect(&args.node_name)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(KubeletEndpoint {
+        listener,
+        tls,
+        runtime,
+        sha256: cert.sha256,
+    })
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -140,9 +180,21 @@ async fn main() -> ExitCode {
         }
     };
     let host_ip = uplink.address.to_string();
+    let kubelet = match kubelet_endpoint(&args, &host_ip).await {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let agent = Arc::new(NodeAgent::new(
         client.clone(),
-        Facts::gather(&args.node_name, uplink.clone()),
+        Facts::gather(
+            &args.node_name,
+            uplink.clone(),
+            args.kubelet_port,
+            &kubelet.sha256,
+        ),
     ));
     // The controlplane may still be starting: retry registration for a while.
     let mut attempt = 0;
@@ -156,6 +208,12 @@ async fn main() -> ExitCode {
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(kubelet::serve(
+        kubelet.listener,
+        kubelet.tls,
+        kubelet.runtime,
+        stop_rx.clone(),
+    ));
     let heartbeat = tokio::spawn({
         let agent = Arc::clone(&agent);
         let mut stop = stop_rx.clone();
@@ -238,7 +296,15 @@ async fn main() -> ExitCode {
         },
         stop_rx.clone(),
     ));
-    let pods = match PodManager::new(client.clone(), &args.node_name, &host_ip, net).await {
+    let pods = match PodManager::new(
+        client.clone(),
+        &args.node_name,
+        &host_ip,
+        net,
+        &args.data_dir,
+    )
+    .await
+    {
         Ok(p) => Arc::new(p),
         Err(e) => {
             eprintln!("error: {e}");

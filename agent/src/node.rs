@@ -33,10 +33,18 @@ pub struct Facts {
     pub memory_kib: u64,
     pub kernel: String,
     pub os_image: String,
+    /// Port of the kubelet endpoint (logs, exec) and the SHA-256 of its certificate.
+    pub kubelet_port: u16,
+    pub kubelet_cert_sha256: String,
 }
 
 impl Facts {
-    pub fn gather(name: &str, uplink: Uplink) -> Self {
+    pub fn gather(
+        name: &str,
+        uplink: Uplink,
+        kubelet_port: u16,
+        kubelet_cert_sha256: &str,
+    ) -> Self {
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
         let memory_kib = meminfo
             .lines()
@@ -60,6 +68,8 @@ impl Facts {
                 .trim()
                 .to_owned(),
             os_image,
+            kubelet_port,
+            kubelet_cert_sha256: kubelet_cert_sha256.to_owned(),
         }
     }
 }
@@ -89,6 +99,7 @@ fn status(f: &Facts, ready: bool, why: &str) -> Value {
             {"type": "InternalIP", "address": f.uplink.address.to_string()},
             {"type": "Hostname", "address": f.name},
         ],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": f.kubelet_port}},
         "nodeInfo": {
             "kernelVersion": f.kernel,
             "osImage": f.os_image,
@@ -148,6 +159,14 @@ impl NodeAgent {
             }
             Err(e) => return Err(self.err()(e)),
         }
+        // The controlplane pins the kubelet endpoint's certificate by this fingerprint.
+        let meta = json!({"metadata": {"annotations": {
+            crate::kubelet::CERT_ANNOTATION: self.facts.kubelet_cert_sha256,
+        }}});
+        nodes
+            .patch(name, &PatchParams::default(), &Patch::Merge(&meta))
+            .await
+            .map_err(self.err())?;
         self.post_status(true, "").await
     }
 

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use rand::Rng;
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +31,10 @@ pub struct Pki {
     pub key_pem: String,
     pub admin_token: String,
     pub node_token: String,
+    /// The controlplane's client certificate toward node agents (their kubelet endpoints
+    /// trust the cluster CA for clients).
+    pub client_cert_pem: String,
+    pub client_key_pem: String,
 }
 
 fn read(path: &Path) -> Result<Option<String>, PkiError> {
@@ -129,6 +134,15 @@ impl Pki {
         }
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &issuer)?;
+        let mut client = CertificateParams::new(Vec::<String>::new())?;
+        client
+            .distinguished_name
+            .push(DnType::CommonName, "skiff-controlplane-kubelet-client");
+        client.not_before = rcgen::date_time_ymd(2024, 1, 1);
+        client.not_after = rcgen::date_time_ymd(2124, 1, 1);
+        client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let client_key = KeyPair::generate()?;
+        let client_cert = client.signed_by(&client_key, &issuer)?;
         let admin_path = pki.join("admin-token");
         let admin_token = match read(&admin_path)? {
             Some(t) => t.trim().to_owned(),
@@ -153,6 +167,8 @@ impl Pki {
             key_pem: key.serialize_pem(),
             admin_token,
             node_token,
+            client_cert_pem: client_cert.pem(),
+            client_key_pem: client_key.serialize_pem(),
         })
     }
 

@@ -136,6 +136,10 @@ pub async fn start(cfg: Config) -> Result<Running, ServerError> {
         &cfg.settings,
     )
     .await?;
+    let _ = api.kubelet_identity.set(crate::api::kubelet::Identity {
+        cert_pem: pki.client_cert_pem.clone(),
+        key_pem: pki.client_key_pem.clone(),
+    });
     bootstrap(&api).await?;
     if let Err(e) = crate::api::allocator::bootstrap_services(&api, &cfg.settings).await {
         tracing::error!("creating the kubernetes and kube-dns Services: {e}");

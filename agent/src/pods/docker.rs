@@ -6,7 +6,9 @@ use std::collections::HashMap;
 
 use bollard::Docker;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
-use bollard::models::{ContainerCreateBody, ContainerInspectResponse, HostConfig};
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, HostConfig, Mount, MountType,
+};
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, ListContainersOptions, RemoveContainerOptions,
     StopContainerOptions,
@@ -96,6 +98,8 @@ pub struct Spec {
     pub last_state: Option<String>,
     /// Bind mounts, `host:container[:options]`.
     pub binds: Vec<String>,
+    /// The pod's volumes this container mounts.
+    pub mounts: Vec<super::volumes::Bind>,
 }
 
 impl Runtime {
@@ -141,6 +145,21 @@ impl Runtime {
                     running,
                 })
             })
+            .collect())
+    }
+
+    /// The Docker client, for streams the agent's kubelet endpoint serves (logs, exec).
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// Every attempt (current and kept previous ones) of container `name` of pod `uid`.
+    pub async fn attempts(&self, uid: &str, name: &str) -> Result<Vec<Managed>, DockerError> {
+        Ok(self
+            .list()
+            .await?
+            .into_iter()
+            .filter(|c| c.label(LABEL_POD_UID) == uid && c.label(LABEL_CONTAINER) == name)
             .collect())
     }
 
@@ -258,6 +277,18 @@ impl Runtime {
                 nano_cpus: spec.nano_cpus,
                 memory: spec.memory,
                 binds: Some(spec.binds.clone()),
+                mounts: Some(
+                    spec.mounts
+                        .iter()
+                        .map(|m| Mount {
+                            target: Some(m.target.clone()),
+                            source: Some(m.source.display().to_string()),
+                            typ: Some(MountType::BIND),
+                            read_only: Some(m.read_only),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
                 ..Default::default()
             }),
             ..Default::default()

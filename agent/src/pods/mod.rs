@@ -7,6 +7,7 @@
 
 pub mod docker;
 pub mod probes;
+pub mod volumes;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -36,12 +37,17 @@ pub enum PodError {
     Network(#[from] crate::network::NetworkError),
 }
 
+/// Waiting containers report this until their pod's volumes can be set up.
+const VOLUMES_PENDING: &str = "ContainerCreating";
+
 /// A running pod's sandbox, address and the network files its containers mount.
 struct PodNet {
     sandbox: String,
     ip: Ipv4Addr,
     resolv: std::path::PathBuf,
     hosts: std::path::PathBuf,
+    /// Each container's volume bind mounts.
+    mounts: HashMap<String, Vec<volumes::Bind>>,
 }
 
 /// Pods worked on at once.
@@ -61,6 +67,7 @@ pub struct PodManager {
     inflight: std::sync::Mutex<std::collections::HashSet<String>>,
     workers: tokio::sync::Semaphore,
     probes: probes::Probes,
+    volumes: volumes::Volumes,
     /// Rung by probes when a container's readiness or health changed, so the sync reports it
     /// now rather than at its next tick.
     wake: Arc<tokio::sync::Notify>,
@@ -97,10 +104,12 @@ impl PodManager {
         node: &str,
         host_ip: &str,
         net: Arc<PodNetwork>,
+        data_dir: &std::path::Path,
     ) -> Result<Self, DockerError> {
         let runtime = Runtime::connect(node).await?;
         let wake = Arc::new(tokio::sync::Notify::new());
         Ok(Self {
+            volumes: volumes::Volumes::new(client.clone(), data_dir),
             client,
             probes: probes::Probes::new(runtime.clone(), Arc::clone(&wake)),
             wake,
@@ -222,6 +231,12 @@ impl PodManager {
                 self.runtime.stop_and_remove(&c.id, 2).await?;
             }
             self.net.detach(&uid).await;
+            self.volumes.remove(&uid);
+        }
+        for uid in self.volumes.held() {
+            if !known.contains(&uid) {
+                self.volumes.remove(&uid);
+            }
         }
         for uid in self.net.holders() {
             if !known.contains(&uid) {
@@ -252,6 +267,9 @@ impl PodManager {
         self.net
             .detach(pod.metadata.uid.as_deref().unwrap_or_default())
             .await;
+        // emptyDirs go with the pod.
+        self.volumes
+            .remove(pod.metadata.uid.as_deref().unwrap_or_default());
         // Everything is stopped: let the API server remove the pod now.
         let pods: Api<Pod> = Api::namespaced(
             self.client.clone(),
@@ -323,6 +341,7 @@ impl PodManager {
                 format!("{}:/etc/resolv.conf", net.resolv.display()),
                 format!("{}:/etc/hosts", net.hosts.display()),
             ],
+            mounts: net.mounts.get(&c.name).cloned().unwrap_or_default(),
         }
     }
 
@@ -337,23 +356,50 @@ impl PodManager {
             return Ok(());
         };
         let policy = spec.restart_policy.as_deref().unwrap_or("Always");
-        // Newest container per name (older attempts are removed when a new one starts).
-        let mut newest: HashMap<String, Managed> = HashMap::new();
+        // Newest container per name; the attempt before it is kept while it is stopped (for
+        // `kubectl logs --previous`), anything older is removed.
+        let mut by_name: HashMap<String, Vec<Managed>> = HashMap::new();
         for c in mine {
-            let name = c.label(LABEL_CONTAINER).to_owned();
-            match newest.get(&name) {
-                Some(n) if n.created >= c.created => {
-                    self.runtime.remove(&c.id).await?;
-                }
-                Some(old) => {
+            by_name
+                .entry(c.label(LABEL_CONTAINER).to_owned())
+                .or_default()
+                .push(c);
+        }
+        let mut newest: HashMap<String, Managed> = HashMap::new();
+        for (name, mut attempts) in by_name {
+            attempts.sort_by_key(|c| std::cmp::Reverse(c.created));
+            let mut it = attempts.into_iter();
+            let Some(first) = it.next() else { continue };
+            for (i, old) in it.enumerate() {
+                if i > 0 || old.running || name == SANDBOX {
                     self.runtime.remove(&old.id).await?;
-                    newest.insert(name, c);
-                }
-                None => {
-                    newest.insert(name, c);
                 }
             }
+            newest.insert(name, first);
         }
+        // Volumes come first, as with the kubelet: a pod whose configMap or secret is missing
+        // waits (and is retried every sync) with the reason in its container statuses.
+        let starting = spec
+            .containers
+            .iter()
+            .any(|c| !newest.contains_key(&c.name));
+        let mounts = match self.volumes.prepare(pod, starting).await.and_then(|vols| {
+            spec.containers
+                .iter()
+                .map(|c| Ok((c.name.clone(), volumes::binds(c, &vols)?)))
+                .collect::<Result<HashMap<_, _>, volumes::VolumeError>>()
+        }) {
+            Ok(m) => m,
+            Err(e) if starting => {
+                self.report_waiting(pod, &e.to_string()).await;
+                return Ok(());
+            }
+            Err(e) => {
+                // Running containers keep what they have; the next refresh retries.
+                tracing::warn!(pod = ?pod.metadata.name, "{e}");
+                HashMap::new()
+            }
+        };
         let sandbox = match newest.get(SANDBOX) {
             Some(s) if s.running => s.id.clone(),
             Some(_) => {
@@ -383,6 +429,7 @@ impl PodManager {
             ip,
             resolv,
             hosts,
+            mounts,
         };
         let mut statuses = Vec::new();
         for c in &spec.containers {
@@ -487,7 +534,8 @@ impl PodManager {
         self.runtime
             .start_container(pr, &net.sandbox, &next)
             .await?;
-        self.runtime.remove(&m.id).await?;
+        // The exited attempt stays as the previous one (its logs); the next sync removes the
+        // one before it.
         let mut s = base(
             json!({"waiting": {"reason": "ContainerCreating"}}),
             false,
@@ -496,6 +544,41 @@ impl PodManager {
         s["restartCount"] = json!(restarts + 1);
         s["lastState"] = terminated;
         Ok(s)
+    }
+
+    /// Status of a pod that cannot start yet (its volumes): Pending, every container waiting
+    /// with `why`.
+    async fn report_waiting(&self, pod: &Pod, why: &str) {
+        let Some(spec) = pod.spec.as_ref() else {
+            return;
+        };
+        let statuses: Vec<Value> = spec
+            .containers
+            .iter()
+            .map(|c| json!({"name": c.name, "image": c.image, "imageID": "", "ready": false, "restartCount": 0, "started": false,
+                "state": {"waiting": {"reason": VOLUMES_PENDING, "message": why}}}))
+            .collect();
+        let old = serde_json::to_value(pod.status.as_ref()).unwrap_or(Value::Null);
+        if old.get("containerStatuses") == Some(&json!(statuses)) {
+            return;
+        }
+        tracing::info!(pod = ?pod.metadata.name, "waiting for volumes: {why}");
+        let status = json!({"phase": "Pending", "hostIP": self.host_ip, "hostIPs": [{"ip": self.host_ip}],
+            "containerStatuses": statuses});
+        let pods: Api<Pod> = Api::namespaced(
+            self.client.clone(),
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+        );
+        if let Err(e) = pods
+            .patch_status(
+                pod.metadata.name.as_deref().unwrap_or(""),
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"status": status})),
+            )
+            .await
+        {
+            tracing::debug!("status update: {e}");
+        }
     }
 
     async fn report(&self, pod: &Pod, statuses: Vec<Value>, policy: &str, ip: Ipv4Addr) {

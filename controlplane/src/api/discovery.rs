@@ -85,6 +85,12 @@ pub fn resource_list(group: &str, version: &str) -> Value {
                     "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]}),
                 Sub::Binding => json!({"name": format!("{}/binding", r.plural), "singularName": "", "namespaced": r.namespaced,
                     "kind": "Binding", "verbs": ["create"]}),
+                Sub::Log => json!({"name": format!("{}/log", r.plural), "singularName": "", "namespaced": r.namespaced,
+                    "kind": r.kind, "verbs": ["get"]}),
+                Sub::Exec => json!({"name": format!("{}/exec", r.plural), "singularName": "", "namespaced": r.namespaced,
+                    "kind": "PodExecOptions", "verbs": ["create", "get"]}),
+                Sub::Attach => json!({"name": format!("{}/attach", r.plural), "singularName": "", "namespaced": r.namespaced,
+                    "kind": "PodAttachOptions", "verbs": ["create", "get"]}),
             });
         }
     }

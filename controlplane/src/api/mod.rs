@@ -11,6 +11,7 @@ pub mod discovery;
 pub mod errors;
 mod fuzz;
 pub mod handler;
+pub mod kubelet;
 pub mod openapi;
 pub mod patch;
 pub mod protobuf;
@@ -37,6 +38,9 @@ pub struct Api {
     pub internal_token: String,
     /// Writes that need cluster-wide state (Service IPs and node ports).
     pub admission: allocator::Admission,
+    /// The client certificate for node agents' kubelet endpoints (pods/log, pods/exec); set
+    /// once at start by the server.
+    pub kubelet_identity: std::sync::OnceLock<kubelet::Identity>,
 }
 
 impl Api {
@@ -65,6 +69,7 @@ impl Api {
             advertise,
             internal_token,
             admission: allocator::Admission::new(settings),
+            kubelet_identity: std::sync::OnceLock::new(),
         }))
     }
 }

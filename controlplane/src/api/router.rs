@@ -60,7 +60,7 @@ async fn authenticate(State(api): State<Arc<Api>>, req: Request, next: Next) -> 
 pub struct Query(Vec<(String, String)>);
 
 impl Query {
-    fn parse(q: Option<&str>) -> ApiResult<Self> {
+    pub fn parse(q: Option<&str>) -> ApiResult<Self> {
         let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q.unwrap_or(""))
             .map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))?;
         Ok(Self(pairs))
@@ -241,6 +241,28 @@ async fn route(api: &Arc<Api>, req: Request) -> ApiResult<Response> {
         ["apis", g, v, rest @ ..] if !rest.is_empty() => parse_resource_path(g, v, rest)?,
         _ => return Err(ApiError::not_found_path(&path)),
     };
+    // Streams served by the pod's node: nothing of the generic path applies.
+    if rr.res.group.is_empty()
+        && rr.res.plural == "pods"
+        && let (Some(ns), Some(name), Some(sub)) = (&rr.ns, &rr.name, rr.sub.as_deref())
+    {
+        let stream = match sub {
+            "log" => Some(super::kubelet::Stream::Log),
+            "exec" => Some(super::kubelet::Stream::Exec),
+            "attach" => Some(super::kubelet::Stream::Attach),
+            _ => None,
+        };
+        if let Some(stream) = stream {
+            let allowed = match stream {
+                super::kubelet::Stream::Log => parts.method == Method::GET,
+                _ => matches!(parts.method, Method::GET | Method::POST),
+            };
+            if !allowed {
+                return Err(ApiError::method_not_allowed(parts.method.as_str()));
+            }
+            return super::kubelet::proxy(api, ns, name, stream, parts).await;
+        }
+    }
     let output = negotiate(&parts.headers)?;
     let body = read_body(body).await?;
     let content_type = parts

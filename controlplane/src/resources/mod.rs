@@ -53,6 +53,10 @@ pub enum Sub {
     Status,
     Scale,
     Binding,
+    /// pods/log, pods/exec, pods/attach: served by the pod's node, proxied by `api::kubelet`.
+    Log,
+    Exec,
+    Attach,
 }
 
 /// Round-trips an object through its k8s-openapi type: type errors come back with the field
@@ -180,7 +184,7 @@ pub static RESOURCES: &[Resource] = &[
         short: &["no"], cat: NONE, subs: &[Sub::Status], generation: false, create_on_update: false,
         fields: &["spec.unschedulable"], strategy: &core::NodeStrategy, scale: false),
     resource!(core_v1::Pod, "", "Pod", "pods", "pod", namespaced: true,
-        short: &["po"], cat: ALL, subs: &[Sub::Status, Sub::Binding], generation: false, create_on_update: false,
+        short: &["po"], cat: ALL, subs: &[Sub::Status, Sub::Binding, Sub::Log, Sub::Exec, Sub::Attach], generation: false, create_on_update: false,
         fields: &["spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName",
                   "status.phase", "status.podIP", "status.nominatedNodeName"],
         strategy: &core::PodStrategy, scale: false),
