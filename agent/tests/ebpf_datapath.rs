@@ -71,15 +71,13 @@ fn privileged() -> bool {
     root
 }
 
-#[test]
-fn service_traffic_is_translated_both_ways_and_survives_a_reload() {
-    if !privileged() {
-        return;
-    }
-    let k = std::process::id() % 200 + 20;
+/// Client, router and backend namespaces; the backend answers TCP on 8080 and UDP on 8081 with
+/// the address it saw. Returns the namespaces (removed on drop), the client and backend IPs.
+fn topology(n: u32) -> (Net, String, Ipv4Addr) {
+    let k = (std::process::id() + n * 7) % 200 + 20;
     let net = Net {
-        tag: format!("{}", std::process::id()),
-        pins: format!("/sys/fs/bpf/skiff/test-{}", std::process::id()).into(),
+        tag: format!("{}{n}", std::process::id()),
+        pins: format!("/sys/fs/bpf/skiff/test-{}-{n}", std::process::id()).into(),
     };
     let (c, h, b) = (net.ns("c"), net.ns("h"), net.ns("b"));
     for ns in [&c, &h, &b] {
@@ -154,6 +152,17 @@ fn service_traffic_is_translated_both_ways_and_survives_a_reload() {
         }
     });
 
+    (net, client, backend_ip)
+}
+
+#[test]
+fn service_traffic_is_translated_both_ways_and_survives_a_reload() {
+    if !privileged() {
+        return;
+    }
+    let (net, client, backend_ip) = topology(0);
+    let h = net.ns("h");
+    let c = net.ns("c");
     let vip: Ipv4Addr = "10.96.77.7".parse().unwrap();
     let pins = net.pins.clone();
     let load = move |pins: std::path::PathBuf| {
@@ -213,4 +222,79 @@ fn service_traffic_is_translated_both_ways_and_survives_a_reload() {
     let mut buf = [0u8; 64];
     let n = conn.read(&mut buf).unwrap();
     assert_eq!(String::from_utf8_lossy(&buf[..n]), client);
+}
+
+fn connects(ns: &str, to: SocketAddr) -> Result<String, String> {
+    in_ns(ns, move || {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_millis(800))
+            .map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))
+            .map_err(|e| e.to_string())?;
+        s.write_all(b"hi").map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).map_err(|e| e.to_string())?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+}
+
+#[test]
+fn the_service_model_programs_the_maps() {
+    use skiff_agent::proxy::ebpf::proxier::Proxier;
+    use skiff_agent::proxy::model::Model;
+    if !privileged() {
+        return;
+    }
+    let (net, client, backend_ip) = topology(1);
+    let (c, h) = (net.ns("c"), net.ns("h"));
+    let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"clusterIP": "10.96.77.8", "ports": [
+            {"name": "http", "port": 80, "targetPort": "http"},
+            {"name": "udp", "port": 81, "protocol": "UDP", "targetPort": 8081}]}}))
+    .unwrap();
+    let slice = |ready: bool| -> k8s_openapi::api::discovery::v1::EndpointSlice {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [backend_ip.to_string()], "conditions": {"ready": ready}}],
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"},
+                      {"name": "udp", "port": 8081, "protocol": "UDP"}]}))
+        .unwrap()
+    };
+    let pins = net.pins.clone();
+    let mut model = Model::new("n1");
+    model.upsert_service(svc.clone());
+    model.upsert_slice(slice(true));
+    let changes = model.take_changes();
+    let mut proxier = in_ns(&h, move || {
+        let mut dp = Datapath::load(&pins, Sizes::default()).unwrap();
+        dp.attach("h0").unwrap();
+        dp.attach("hb0").unwrap();
+        let mut p = Proxier::new(dp);
+        let stats = p.sync(changes).unwrap();
+        assert_eq!(stats.frontends_written, 2);
+        p
+    });
+    let vip = SocketAddr::from(([10, 96, 77, 8], 80));
+    assert_eq!(connects(&c, vip).unwrap(), client);
+
+    // The endpoint turns unready: new connections find no backend.
+    model.upsert_slice(slice(false));
+    proxier.sync(model.take_changes()).unwrap();
+    assert!(connects(&c, vip).is_err());
+    model.upsert_slice(slice(true));
+    proxier.sync(model.take_changes()).unwrap();
+    assert_eq!(connects(&c, vip).unwrap(), client);
+
+    // The Service goes: its frontends leave the map.
+    model.delete_service(&svc);
+    let stats = proxier.sync(model.take_changes()).unwrap();
+    assert_eq!(stats.frontends_removed, 2);
+    assert!(connects(&c, vip).is_err());
+    let left = in_ns(&h, move || {
+        let mut p = proxier;
+        p.datapath_mut().frontends().unwrap().len()
+    });
+    assert_eq!(left, 0);
 }

@@ -4,6 +4,8 @@
 //! link pinned too. A restarted agent reopens the pinned maps (connections keep their tracked
 //! backends) and replaces the programs in the pinned links atomically: the datapath never stops.
 
+pub mod proxier;
+
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
@@ -230,6 +232,32 @@ impl Datapath {
         self.services()?
             .insert(frontend, value, 0)
             .map_err(|e| EbpfError::Map("SERVICES", e))
+    }
+
+    /// Removes a frontend, then the backend slots `0..slots` of its id.
+    pub fn remove_service(
+        &mut self,
+        frontend: ServiceKey,
+        id: u32,
+        slots: u32,
+    ) -> Result<(), EbpfError> {
+        // Missing entries are fine: the goal is their absence.
+        let _ = self.services()?.remove(&frontend);
+        self.trim_backends(id, 0, slots)
+    }
+
+    /// Removes backend slots `from..to` of `id` (after a service shrank).
+    pub fn trim_backends(&mut self, id: u32, from: u32, to: u32) -> Result<(), EbpfError> {
+        let mut map = self.backends()?;
+        for slot in from..to {
+            let _ = map.remove(&BackendKey { id, slot });
+        }
+        Ok(())
+    }
+
+    /// Every frontend in the map (what an earlier agent may have left).
+    pub fn frontends(&mut self) -> Result<Vec<(ServiceKey, ServiceValue)>, EbpfError> {
+        Ok(self.services()?.iter().filter_map(Result::ok).collect())
     }
 
     pub fn stats(&self) -> Result<Stats, EbpfError> {
