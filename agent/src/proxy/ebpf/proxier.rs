@@ -44,8 +44,11 @@ fn proto(p: Protocol) -> Option<u8> {
     }
 }
 
+/// Backends as (address, port).
+type Backends = Vec<(std::net::Ipv4Addr, u16)>;
+
 /// The frontends of one service port and the backends new connections may go to.
-fn desired(sp: &ServicePort) -> Option<(Vec<Frontend>, Vec<(std::net::Ipv4Addr, u16)>)> {
+fn desired(sp: &ServicePort) -> Option<(Vec<Frontend>, Backends)> {
     let proto = proto(sp.protocol)?;
     let vip = sp.cluster_ip?;
     let frontends = std::iter::once(vip)
