@@ -439,9 +439,23 @@ impl PodManager {
                     .start_container(&pr, &sandbox, &self.spec(pod, c, 0, &net))
                     .await
                 {
-                    Ok(_) => {
-                        json!({"name": c.name, "image": c.image, "imageID": "", "ready": false, "restartCount": 0, "started": false,
+                    Ok(id) => {
+                        // What was just started is reported as it is (running, and ready when
+                        // nothing probes it) instead of a placeholder only the next sync of
+                        // the pod would correct: a pod is Ready one sync round sooner.
+                        let started = Managed {
+                            id,
+                            labels: HashMap::from([(LABEL_RESTARTS.to_owned(), "0".to_owned())]),
+                            created: 0,
+                            running: true,
+                        };
+                        match self.observe(pod, c, &started, policy, &pr, &net).await {
+                            Ok(s) => s,
+                            Err(_) => {
+                                json!({"name": c.name, "image": c.image, "imageID": "", "ready": false, "restartCount": 0, "started": false,
                                     "state": {"waiting": {"reason": "ContainerCreating"}}})
+                            }
+                        }
                     }
                     Err(e) => {
                         json!({"name": c.name, "image": c.image, "imageID": "", "ready": false, "restartCount": 0, "started": false,
