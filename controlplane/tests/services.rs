@@ -128,9 +128,18 @@ fn cluster_ips_and_node_ports_are_allocated_unique_and_checked() {
         field(
             &s,
             &["svc", "kube-dns", "-n", "kube-system"],
-            "{.spec.clusterIP} {.spec.ports[*].protocol} {.spec.selector.k8s-app}"
+            "{.spec.clusterIP} {.spec.ports[*].protocol} {.metadata.labels.k8s-app}"
         ),
         "10.100.0.10 UDP TCP kube-dns"
+    );
+    // No pods back it: every node agent answers on that address itself.
+    assert_eq!(
+        field(
+            &s,
+            &["svc", "kube-dns", "-n", "kube-system"],
+            "{.spec.selector}"
+        ),
+        ""
     );
 
     // Fifty at once: all get an address of the range, all unique.
