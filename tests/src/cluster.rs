@@ -50,6 +50,16 @@ fn validate_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// A child process that is killed (by its pid) and reaped when dropped, however its user ends.
+pub struct Reaped(pub std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Runs a command, failing with its stderr.
 pub fn run(cmd: &mut Command) -> Result<String> {
     let out = cmd

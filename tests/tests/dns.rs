@@ -8,11 +8,11 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{eventually, in_pod, pods, prerequisites};
-use skiff_e2e::cluster::Cluster;
+use skiff_e2e::cluster::{Cluster, Reaped};
 
 const MANIFESTS: &str = r#"
 apiVersion: apps/v1
@@ -134,7 +134,7 @@ fn getent(container: &str, name: &str) -> Result<String, String> {
 }
 
 /// dnsmasq on the external test host, answering `*.upstream.test`: the nodes' upstream.
-fn upstream(c: &Cluster) -> Child {
+fn upstream(c: &Cluster) -> Reaped {
     c.in_external("dnsmasq")
         .args([
             "--keep-in-foreground",
@@ -153,6 +153,7 @@ fn upstream(c: &Cluster) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(Reaped)
         .unwrap()
 }
 
@@ -169,7 +170,8 @@ fn pods_and_nodes_resolve_services_by_name() {
         assert!(found, "{tool} is required: run cargo xtask setup");
     }
     let c = common::cluster(2, &[]);
-    let mut dnsmasq = upstream(&c);
+    // Declared after the cluster: dropped (killed) before the cluster goes down.
+    let dnsmasq = upstream(&c);
     c.kubectl_in(&["apply", "-f", "-"], Some(MANIFESTS))
         .unwrap();
     let get = |args: &[&str]| c.kubectl(args).unwrap_or_default();
@@ -393,6 +395,5 @@ fn pods_and_nodes_resolve_services_by_name() {
         "{on_dns:?}"
     );
 
-    let _ = dnsmasq.kill();
-    let _ = dnsmasq.wait();
+    drop(dnsmasq);
 }

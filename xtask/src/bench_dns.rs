@@ -5,7 +5,7 @@
 //! Service's creation in the API to its name resolving.
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -14,7 +14,7 @@ use hickory_proto::rr::{Name, RecordType};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
-use skiff_e2e::cluster::Cluster;
+use skiff_e2e::cluster::{Cluster, Reaped};
 
 use crate::bench::{client, out_dir, percentile, svg_bars};
 use crate::bench_proxy::{cluster_ip, create_all, service};
@@ -87,7 +87,7 @@ fn dnsperf(
 }
 
 /// dnsmasq inside the node answering every `*.svc.cluster.local` name from memory.
-fn reference(c: &Cluster) -> Result<Child> {
+fn reference(c: &Cluster) -> Result<Reaped> {
     let (ip, port) = REFERENCE.split_once(':').unwrap_or(("127.0.0.1", "5399"));
     c.in_node(1, "dnsmasq")
         .args([
@@ -103,6 +103,7 @@ fn reference(c: &Cluster) -> Result<Child> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(Reaped)
         .context("starting dnsmasq (cargo xtask setup installs it)")
 }
 
@@ -283,7 +284,7 @@ async fn measure(c: &Cluster, services: usize, seconds: u64) -> Result<Value> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let mut dnsmasq = reference(c)?;
+    let dnsmasq = reference(c)?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let ours = SocketAddr::from((dns, 53));
     let theirs: SocketAddr = REFERENCE.parse()?;
@@ -296,8 +297,7 @@ async fn measure(c: &Cluster, services: usize, seconds: u64) -> Result<Value> {
             runs.push((who, max, paced));
         }
     }
-    let _ = dnsmasq.kill();
-    let _ = dnsmasq.wait();
+    drop(dnsmasq);
     let mut out = json!({"services": services, "seconds": seconds, "offered_qps": TARGET_QPS,
                          "machine_cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)});
     for who in ["skiff", "dnsmasq"] {

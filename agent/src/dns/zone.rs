@@ -277,6 +277,13 @@ impl Records {
     }
 }
 
+/// `(namespace, name)` of an object that has both.
+fn key_of(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<(&str, &str)> {
+    Some((meta.namespace.as_deref()?, meta.name.as_deref()?))
+}
+
 impl Zone {
     pub fn new(cfg: ZoneConfig) -> Result<Self, hickory_proto::ProtoError> {
         let domain_text = cfg.domain.trim_end_matches('.').to_ascii_lowercase();
@@ -302,7 +309,7 @@ impl Zone {
     }
 
     pub fn upsert_service(&self, svc: &Service) {
-        let (Some(ns), Some(name)) = (&svc.metadata.namespace, &svc.metadata.name) else {
+        let Some((ns, name)) = key_of(&svc.metadata) else {
             return;
         };
         self.write()
@@ -310,7 +317,7 @@ impl Zone {
     }
 
     pub fn delete_service(&self, svc: &Service) {
-        let (Some(ns), Some(name)) = (&svc.metadata.namespace, &svc.metadata.name) else {
+        let Some((ns, name)) = key_of(&svc.metadata) else {
             return;
         };
         self.write().set_service(ns, name, None);
@@ -322,21 +329,21 @@ impl Zone {
         r.services.clear();
         r.by_ip.clear();
         for svc in all {
-            if let (Some(ns), Some(name)) = (&svc.metadata.namespace, &svc.metadata.name) {
+            if let Some((ns, name)) = key_of(&svc.metadata) {
                 r.set_service(ns, name, Some(compact_service(svc)));
             }
         }
     }
 
     pub fn upsert_slice(&self, slice: &EndpointSlice) {
-        let (Some(ns), Some(name)) = (&slice.metadata.namespace, &slice.metadata.name) else {
+        let Some((ns, name)) = key_of(&slice.metadata) else {
             return;
         };
         self.write().set_slice(ns, name, compact_slice(slice));
     }
 
     pub fn delete_slice(&self, slice: &EndpointSlice) {
-        let (Some(ns), Some(name)) = (&slice.metadata.namespace, &slice.metadata.name) else {
+        let Some((ns, name)) = key_of(&slice.metadata) else {
             return;
         };
         self.write().set_slice(ns, name, None);
@@ -347,7 +354,7 @@ impl Zone {
         r.slices.clear();
         r.slice_owner.clear();
         for s in all {
-            if let (Some(ns), Some(name)) = (&s.metadata.namespace, &s.metadata.name) {
+            if let Some((ns, name)) = key_of(&s.metadata) {
                 r.set_slice(ns, name, compact_slice(s));
             }
         }

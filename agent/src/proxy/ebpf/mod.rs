@@ -95,6 +95,20 @@ pub fn wire_port(port: u16) -> u16 {
     port.to_be()
 }
 
+/// One of the object's tc programs.
+fn classifier<'a>(
+    bpf: &'a mut aya::Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, EbpfError> {
+    bpf.program_mut(name)
+        .ok_or(EbpfError::Program(
+            name,
+            aya::programs::ProgramError::NotLoaded,
+        ))?
+        .try_into()
+        .map_err(|e| EbpfError::Program(name, e))
+}
+
 impl Datapath {
     /// Loads the programs with their maps pinned under `pins` (reused when already there).
     pub fn load(pins: &Path, sizes: Sizes) -> Result<Self, EbpfError> {
@@ -107,15 +121,9 @@ impl Datapath {
             .map_max_entries("CT", sizes.conntrack)
             .load(OBJECT)?;
         for name in [FROM_POD, TO_POD] {
-            let prog: &mut SchedClassifier = bpf
-                .program_mut(name)
-                .ok_or(EbpfError::Program(
-                    name,
-                    aya::programs::ProgramError::NotLoaded,
-                ))?
-                .try_into()
+            classifier(&mut bpf, name)?
+                .load()
                 .map_err(|e| EbpfError::Program(name, e))?;
-            prog.load().map_err(|e| EbpfError::Program(name, e))?;
         }
         Ok(Self {
             bpf,
@@ -135,15 +143,7 @@ impl Datapath {
             // The interface index is in the name: a re-created interface of the same name is a
             // new attachment, never the dead link of the old one.
             let pin = self.links.join(format!("{ifname}-{index}-{dir}"));
-            let prog: &mut SchedClassifier = self
-                .bpf
-                .program_mut(name)
-                .ok_or(EbpfError::Program(
-                    name,
-                    aya::programs::ProgramError::NotLoaded,
-                ))?
-                .try_into()
-                .map_err(|e| EbpfError::Program(name, e))?;
+            let prog = classifier(&mut self.bpf, name)?;
             let id = match PinnedLink::from_pin(&pin) {
                 Ok(old) => {
                     let link: SchedClassifierLink = FdLink::from(old).try_into().map_err(
