@@ -103,6 +103,47 @@ async fn paginated_lists_continue_where_they_stopped() {
     );
 }
 
+/// Writes acknowledged under group commit survive the process being killed (SIGKILL, no
+/// shutdown): every create that returned is there after a restart, and revisions go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_concurrent_writes_survive_a_kill() {
+    let mut s = Server::start();
+    let api: Api<ConfigMap> = Api::namespaced(client(&s).await, "default");
+    let created: Vec<ConfigMap> = futures::stream::iter(0..300)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                api.create(&PostParams::default(), &cm(&format!("c-{i:03}")))
+                    .await
+                    .unwrap()
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let newest = created
+        .iter()
+        .filter_map(|c| c.metadata.resource_version.as_deref()?.parse::<i64>().ok())
+        .max()
+        .unwrap();
+    s.stop();
+
+    let s2 = Server::start_in(&s.dir, &[]);
+    let api: Api<ConfigMap> = Api::namespaced(client(&s2).await, "default");
+    for c in &created {
+        let name = c.metadata.name.as_deref().unwrap();
+        let got = api.get(name).await.unwrap();
+        assert_eq!(got.metadata.uid, c.metadata.uid, "{name}");
+        assert_eq!(got.metadata.resource_version, c.metadata.resource_version);
+    }
+    let after = api
+        .create(&PostParams::default(), &cm("after-restart"))
+        .await
+        .unwrap();
+    let rv: i64 = after.metadata.resource_version.unwrap().parse().unwrap();
+    assert!(rv > newest, "{rv} after {newest}");
+}
+
 #[test]
 fn python_kubernetes_client_lists_creates_and_watches_pods() {
     if !need("python3", &["-c", "import kubernetes"]) {
