@@ -423,6 +423,21 @@ impl Cluster {
         in_ns(&self.node_ns(i), program)
     }
 
+    /// The cluster DNS address, as the controlplane gave it to `kube-system/kube-dns`.
+    pub fn cluster_dns(&self) -> Result<Ipv4Addr> {
+        self.kubectl(&[
+            "-n",
+            "kube-system",
+            "get",
+            "svc",
+            "kube-dns",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])?
+        .parse()
+        .context("the kube-dns Service has no ClusterIP")
+    }
+
     pub fn kubectl(&self, args: &[&str]) -> Result<String> {
         self.kubectl_in(args, None)
     }

@@ -175,19 +175,10 @@ fn pods_and_nodes_resolve_services_by_name() {
     c.kubectl_in(&["apply", "-f", "-"], Some(MANIFESTS))
         .unwrap();
     let get = |args: &[&str]| c.kubectl(args).unwrap_or_default();
-    let dns = get(&[
-        "-n",
-        "kube-system",
-        "get",
-        "svc",
-        "kube-dns",
-        "-o",
-        "jsonpath={.spec.clusterIP}",
-    ]);
-    assert!(
-        !dns.is_empty(),
-        "the kube-dns Service has the cluster DNS address"
-    );
+    let dns = c
+        .cluster_dns()
+        .expect("the kube-dns Service has the cluster DNS address")
+        .to_string();
     let web_ip = get(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
     let api_ip = get(&[
         "-n",

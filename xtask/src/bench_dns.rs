@@ -246,18 +246,7 @@ async fn measure(c: &Cluster, services: usize, seconds: u64) -> Result<Value> {
         "bench dns: {services} services created in {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    let dns: Ipv4Addr = c
-        .kubectl(&[
-            "-n",
-            "kube-system",
-            "get",
-            "svc",
-            "kube-dns",
-            "-o",
-            "jsonpath={.spec.clusterIP}",
-        ])?
-        .parse()
-        .context("the kube-dns Service has no ClusterIP")?;
+    let dns = c.cluster_dns()?;
     let last = format!("svc-{}", services.saturating_sub(1));
     let last_ip = cluster_ip(&client, &last).await?;
     let names: String = (0..services)

@@ -143,10 +143,8 @@ impl Forwarder {
                 Err(e) => tracing::debug!(upstream = %up, "upstream DNS query failed: {e}"),
             }
         }
-        let mut m = Message::error_msg(id, req.metadata.op_code, ResponseCode::ServFail);
-        m.queries = req.queries.clone();
-        m.metadata.recursion_desired = req.metadata.recursion_desired;
-        m.metadata.recursion_available = true;
+        let mut m = super::response_to(req);
+        m.metadata.response_code = ResponseCode::ServFail;
         m
     }
 
@@ -211,11 +209,9 @@ async fn ask_tcp(up: SocketAddr, bytes: &[u8], sent: &Message) -> Result<Message
 /// The upstream resolvers in a resolv.conf text, without the cluster DNS address itself (a
 /// node whose resolver is the cluster DNS would loop).
 pub fn upstreams_from_resolv_conf(text: &str, exclude: std::net::IpAddr) -> Vec<SocketAddr> {
-    text.lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            (w.next() == Some("nameserver")).then(|| w.next()).flatten()
-        })
+    let (servers, _, _) = crate::network::parse_resolv_conf(text);
+    servers
+        .iter()
         .filter_map(|s| s.split('%').next()?.parse::<std::net::IpAddr>().ok())
         .filter(|ip| *ip != exclude)
         .map(|ip| SocketAddr::new(ip, 53))

@@ -11,7 +11,6 @@ pub mod zone;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
@@ -27,7 +26,8 @@ const MAX_UDP_PAYLOAD: u16 = 1232;
 const CLASSIC_UDP_PAYLOAD: usize = 512;
 const MAX_TCP_CONNECTIONS: usize = 256;
 const TCP_IDLE: Duration = Duration::from_secs(10);
-/// Upstream queries waiting or in flight; beyond this, clients get SERVFAIL at once.
+/// Upstream queries in flight, and as many again waiting; beyond that, clients get SERVFAIL
+/// at once.
 const MAX_FORWARDS: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,14 +39,6 @@ pub enum DnsError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-}
-
-/// Counters, for logs and benchmarks.
-#[derive(Default)]
-pub struct Stats {
-    pub queries: AtomicU64,
-    pub forwarded: AtomicU64,
-    pub dropped: AtomicU64,
 }
 
 /// What to do with one datagram or TCP message.
@@ -63,7 +55,6 @@ pub enum Reply {
 pub struct Responder {
     zone: Arc<Zone>,
     forwarder: Forwarder,
-    pub stats: Stats,
 }
 
 /// How large a UDP answer the client takes.
@@ -84,41 +75,35 @@ fn encode(resp: &Message, limit: Option<usize>) -> Option<Vec<u8>> {
     }
 }
 
+/// The answer skeleton for `req`: its id, question and flags, EDNS when it used EDNS.
+pub(crate) fn response_to(req: &Message) -> Message {
+    let mut resp = Message::response(req.metadata.id, req.metadata.op_code);
+    resp.metadata.recursion_desired = req.metadata.recursion_desired;
+    resp.metadata.recursion_available = true;
+    resp.queries = req.queries.clone();
+    if req.edns.is_some() {
+        let mut e = Edns::new();
+        e.set_max_payload(MAX_UDP_PAYLOAD);
+        resp.set_edns(e);
+    }
+    resp
+}
+
 impl Responder {
     pub fn new(zone: Arc<Zone>, forwarder: Forwarder) -> Self {
-        Self {
-            zone,
-            forwarder,
-            stats: Stats::default(),
-        }
-    }
-
-    fn response_to(req: &Message) -> Message {
-        let mut resp = Message::response(req.metadata.id, req.metadata.op_code);
-        resp.metadata.recursion_desired = req.metadata.recursion_desired;
-        resp.metadata.recursion_available = true;
-        resp.queries = req.queries.clone();
-        if req.edns.is_some() {
-            let mut e = Edns::new();
-            e.set_max_payload(MAX_UDP_PAYLOAD);
-            resp.set_edns(e);
-        }
-        resp
+        Self { zone, forwarder }
     }
 
     /// Answers one message; `udp` says the answer must fit the client's UDP limit.
     pub fn handle(&self, packet: &[u8], udp: bool) -> Reply {
-        self.stats.queries.fetch_add(1, Ordering::Relaxed);
         let Ok(req) = Message::from_vec(packet) else {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return Reply::Drop;
         };
         if req.metadata.message_type != MessageType::Query {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
             return Reply::Drop;
         }
         let limit = udp.then(|| udp_limit(&req));
-        let mut resp = Self::response_to(&req);
+        let mut resp = response_to(&req);
         if req.metadata.op_code != OpCode::Query {
             resp.metadata.response_code = ResponseCode::NotImp;
         } else if req.queries.len() != 1 {
@@ -129,10 +114,7 @@ impl Responder {
                 resp.metadata.response_code = ResponseCode::Refused;
             } else {
                 match self.zone.lookup(q.name(), q.query_type()) {
-                    Lookup::External => {
-                        self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
-                        return Reply::Forward(Box::new(req));
-                    }
+                    Lookup::External => return Reply::Forward(Box::new(req)),
                     Lookup::Answer {
                         answers,
                         additionals,
@@ -258,12 +240,8 @@ fn udp_loop(
                     fwd.try_send((req, from))
                 {
                     // Too many upstream queries pending: fail this one fast.
-                    let mut m = Message::error_msg(
-                        req.metadata.id,
-                        req.metadata.op_code,
-                        ResponseCode::ServFail,
-                    );
-                    m.queries = req.queries.clone();
+                    let mut m = response_to(&req);
+                    m.metadata.response_code = ResponseCode::ServFail;
                     if let Ok(b) = m.to_vec() {
                         let _ = sock.send_to(&b, from);
                     }
@@ -279,10 +257,17 @@ async fn forward_udp(
     sock: Arc<UdpSocket>,
     mut rx: tokio::sync::mpsc::Receiver<(Box<Message>, SocketAddr)>,
 ) {
+    // In flight at once: while all are taken the queue fills, and then the UDP threads answer
+    // SERVFAIL themselves.
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDS));
     while let Some((req, from)) = rx.recv().await {
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+            return;
+        };
         let responder = Arc::clone(&responder);
         let sock = Arc::clone(&sock);
         tokio::spawn(async move {
+            let _permit = permit;
             if let Some(b) = responder.forward(&req, true).await {
                 // A UDP send does not block for long: no need for the async socket here.
                 let _ = sock.send_to(&b, from);

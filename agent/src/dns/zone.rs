@@ -296,10 +296,6 @@ impl Zone {
         })
     }
 
-    pub fn config(&self) -> &ZoneConfig {
-        &self.cfg
-    }
-
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Records> {
         self.records.read().unwrap_or_else(|p| p.into_inner())
     }

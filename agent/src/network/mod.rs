@@ -372,7 +372,11 @@ pub fn resolv_conf(pod: &Pod, cluster: &ClusterConfig) -> String {
 }
 
 fn host_resolv() -> (Vec<String>, Vec<String>, Vec<String>) {
-    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    parse_resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
+}
+
+/// The `nameserver`, `search` and `options` words of a resolv.conf text, in order.
+pub fn parse_resolv_conf(text: &str) -> (Vec<String>, Vec<String>, Vec<String>) {
     let (mut servers, mut search, mut options) = (vec![], vec![], vec![]);
     for line in text.lines() {
         let mut words = line.split_whitespace();

@@ -328,18 +328,8 @@ impl Runtime {
 
     /// Stops (SIGTERM, then SIGKILL after `grace` seconds) and removes a container.
     pub async fn stop_and_remove(&self, id: &str, grace: i64) -> Result<(), DockerError> {
-        let t = i32::try_from(grace.clamp(0, 3600)).unwrap_or(30);
         // Already stopped or gone is fine: removal below is what matters.
-        let _ = self
-            .docker
-            .stop_container(
-                id,
-                Some(StopContainerOptions {
-                    t: Some(t),
-                    ..Default::default()
-                }),
-            )
-            .await;
+        let _ = self.stop(id, grace).await;
         self.remove(id).await
     }
 

@@ -376,84 +376,97 @@ impl Volumes {
                 always_read_only: false,
             });
         }
-        if let Some(cm) = &v.config_map {
-            let d = dir("configmap");
-            if refresh || !d.join(DATA).exists() {
-                let optional = cm.optional.unwrap_or(false);
-                let api: kube::Api<ConfigMap> = kube::Api::namespaced(self.client.clone(), ns);
-                let obj = api.get_opt(&cm.name).await.map_err(|e| {
-                    setup(&v.name, format!("reading configmap \"{}\": {e}", cm.name))
-                })?;
-                let data: BTreeMap<String, Vec<u8>> = match obj {
-                    Some(o) => o
-                        .data
-                        .into_iter()
-                        .flatten()
-                        .map(|(k, s)| (k, s.into_bytes()))
-                        .chain(o.binary_data.into_iter().flatten().map(|(k, b)| (k, b.0)))
-                        .collect(),
-                    None if optional => BTreeMap::new(),
-                    None => {
-                        return Err(setup(
-                            &v.name,
-                            format!("configmap \"{}\" not found", cm.name),
-                        ));
-                    }
-                };
-                let files = project(
-                    &v.name,
-                    "configMap",
-                    &data,
-                    cm.items.as_deref(),
-                    cm.default_mode,
-                    optional,
-                )?;
-                write_projection(&d, &files)?;
-            }
-            return Ok(HostVolume {
-                path: d,
-                always_read_only: true,
-            });
-        }
-        if let Some(s) = &v.secret {
-            let d = dir("secret");
-            let name = s.secret_name.clone().unwrap_or_default();
-            if refresh || !d.join(DATA).exists() {
-                let optional = s.optional.unwrap_or(false);
-                let api: kube::Api<Secret> = kube::Api::namespaced(self.client.clone(), ns);
-                let obj = api
-                    .get_opt(&name)
-                    .await
-                    .map_err(|e| setup(&v.name, format!("reading secret \"{name}\": {e}")))?;
-                let data: BTreeMap<String, Vec<u8>> = match obj {
-                    Some(o) => o
-                        .string_data
-                        .into_iter()
-                        .flatten()
-                        .map(|(k, s)| (k, s.into_bytes()))
-                        .chain(o.data.into_iter().flatten().map(|(k, b)| (k, b.0)))
-                        .collect(),
-                    None if optional => BTreeMap::new(),
-                    None => {
-                        return Err(setup(&v.name, format!("secret \"{name}\" not found")));
-                    }
-                };
-                let files = project(
-                    &v.name,
-                    "secret",
-                    &data,
-                    s.items.as_deref(),
-                    s.default_mode,
-                    optional,
-                )?;
-                write_projection(&d, &files)?;
-            }
-            return Ok(HostVolume {
-                path: d,
-                always_read_only: true,
-            });
+        if v.config_map.is_some() || v.secret.is_some() {
+            return self
+                .projection(ns, v, &self.pod_dir(uid).join("volumes"), refresh)
+                .await;
         }
         Err(VolumeError::Unsupported(v.name.clone()))
+    }
+
+    /// A configMap or secret volume: the object's data projected under `base`, read again
+    /// when `refresh` says so (or when nothing was projected yet).
+    async fn projection(
+        &self,
+        ns: &str,
+        v: &Volume,
+        base: &Path,
+        refresh: bool,
+    ) -> Result<HostVolume, VolumeError> {
+        let (kind, field, name, items, mode, optional) = match (&v.config_map, &v.secret) {
+            (Some(cm), _) => (
+                "configmap",
+                "configMap",
+                cm.name.clone(),
+                cm.items.as_deref(),
+                cm.default_mode,
+                cm.optional,
+            ),
+            (None, Some(s)) => (
+                "secret",
+                "secret",
+                s.secret_name.clone().unwrap_or_default(),
+                s.items.as_deref(),
+                s.default_mode,
+                s.optional,
+            ),
+            (None, None) => return Err(VolumeError::Unsupported(v.name.clone())),
+        };
+        let d = base.join(kind).join(&v.name);
+        if refresh || !d.join(DATA).exists() {
+            let optional = optional.unwrap_or(false);
+            let found = if kind == "configmap" {
+                self.configmap_data(ns, &name).await
+            } else {
+                self.secret_data(ns, &name).await
+            }
+            .map_err(|e| setup(&v.name, format!("reading {kind} \"{name}\": {e}")))?;
+            let data = match found {
+                Some(d) => d,
+                None if optional => BTreeMap::new(),
+                None => return Err(setup(&v.name, format!("{kind} \"{name}\" not found"))),
+            };
+            let files = project(&v.name, field, &data, items, mode, optional)?;
+            write_projection(&d, &files)?;
+        }
+        Ok(HostVolume {
+            path: d,
+            always_read_only: true,
+        })
+    }
+
+    /// A ConfigMap's `data` and `binaryData` as bytes (None: no such ConfigMap).
+    async fn configmap_data(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<BTreeMap<String, Vec<u8>>>, kube::Error> {
+        let api: kube::Api<ConfigMap> = kube::Api::namespaced(self.client.clone(), ns);
+        Ok(api.get_opt(name).await?.map(|o| {
+            o.data
+                .into_iter()
+                .flatten()
+                .map(|(k, s)| (k, s.into_bytes()))
+                .chain(o.binary_data.into_iter().flatten().map(|(k, b)| (k, b.0)))
+                .collect()
+        }))
+    }
+
+    /// A Secret's `stringData` and `data` as bytes (None: no such Secret).
+    async fn secret_data(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<BTreeMap<String, Vec<u8>>>, kube::Error> {
+        let api: kube::Api<Secret> = kube::Api::namespaced(self.client.clone(), ns);
+        Ok(api.get_opt(name).await?.map(|o| {
+            o.string_data
+                .into_iter()
+                .flatten()
+                .map(|(k, s)| (k, s.into_bytes()))
+                .chain(o.data.into_iter().flatten().map(|(k, b)| (k, b.0)))
+                .collect()
+        }))
     }
 
     /// Removes everything kept for pod `uid` (its emptyDirs and projections).

@@ -218,12 +218,13 @@ async fn after_sync(
     health.update(checks).await;
 }
 
-/// Applies one watch event to the DNS zone at once (a relist's end replaces it whole).
+/// Applies one watch event to the DNS zone at once. A relist's objects reach it once, whole,
+/// at the relist's end (`replace_*`), so meanwhile it answers from what it had.
 fn mirror<K>(ev: &watcher::Event<K>, upsert: impl Fn(&K), delete: impl Fn(&K)) {
     match ev {
-        watcher::Event::Apply(o) | watcher::Event::InitApply(o) => upsert(o),
+        watcher::Event::Apply(o) => upsert(o),
         watcher::Event::Delete(o) => delete(o),
-        watcher::Event::Init | watcher::Event::InitDone => {}
+        watcher::Event::Init | watcher::Event::InitApply(_) | watcher::Event::InitDone => {}
     }
 }
 

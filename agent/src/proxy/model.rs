@@ -321,8 +321,11 @@ impl Model {
         let Some(svc) = self.services.get(key) else {
             return Vec::new();
         };
-        let ip = svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref());
-        if ip.is_some_and(|ip| self.node_local.iter().any(|l| l.to_string() == ip)) {
+        let ip = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.cluster_ip.as_deref()?.parse::<Ipv4Addr>().ok());
+        if ip.is_some_and(|ip| self.node_local.contains(&ip)) {
             return Vec::new();
         }
         let slices: Vec<&EndpointSlice> = self

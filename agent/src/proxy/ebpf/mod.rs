@@ -179,26 +179,26 @@ impl Datapath {
         Ok(())
     }
 
+    /// One of the object's hash maps, typed.
+    fn hash_map<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<BpfHashMap<&mut MapData, K, V>, EbpfError> {
+        let map = self.bpf.map_mut(name).ok_or(EbpfError::Map(
+            name,
+            aya::maps::MapError::InvalidName { name: name.into() },
+        ))?;
+        BpfHashMap::try_from(map).map_err(|e| EbpfError::Map(name, e))
+    }
+
     fn services(
         &mut self,
     ) -> Result<BpfHashMap<&mut MapData, ServiceKey, ServiceValue>, EbpfError> {
-        let map = self.bpf.map_mut("SERVICES").ok_or(EbpfError::Map(
-            "SERVICES",
-            aya::maps::MapError::InvalidName {
-                name: "SERVICES".into(),
-            },
-        ))?;
-        BpfHashMap::try_from(map).map_err(|e| EbpfError::Map("SERVICES", e))
+        self.hash_map("SERVICES")
     }
 
     fn backends(&mut self) -> Result<BpfHashMap<&mut MapData, BackendKey, Backend>, EbpfError> {
-        let map = self.bpf.map_mut("BACKENDS").ok_or(EbpfError::Map(
-            "BACKENDS",
-            aya::maps::MapError::InvalidName {
-                name: "BACKENDS".into(),
-            },
-        ))?;
-        BpfHashMap::try_from(map).map_err(|e| EbpfError::Map("BACKENDS", e))
+        self.hash_map("BACKENDS")
     }
 
     /// Programs one frontend: backends first (slots `0..n` of `id`), then the frontend, so a

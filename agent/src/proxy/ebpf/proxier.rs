@@ -79,10 +79,6 @@ impl Proxier {
         }
     }
 
-    pub fn datapath(&self) -> &Datapath {
-        &self.dp
-    }
-
     pub fn datapath_mut(&mut self) -> &mut Datapath {
         &mut self.dp
     }
