@@ -6,6 +6,7 @@ pub mod client;
 pub mod dns;
 pub mod iptables;
 pub mod kubelet;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod pods;

@@ -61,6 +61,22 @@ struct Args {
     /// `kubectl exec` (HTTPS, controlplane client certificate only).
     #[arg(long, value_name = "PORT", default_value_t = 10250)]
     kubelet_port: u16,
+    /// Where the eBPF datapath pins its maps and links (a bpf filesystem; default
+    /// /sys/fs/bpf/skiff/<node>, mounting bpffs there when missing).
+    #[arg(long, value_name = "DIR")]
+    bpf_dir: Option<PathBuf>,
+    /// eBPF mode: most service frontends (ClusterIP, external IP, node address per port).
+    #[arg(long, value_name = "N", default_value_t = 65_536)]
+    bpf_services_max: u32,
+    /// eBPF mode: most backend slots, over all services.
+    #[arg(long, value_name = "N", default_value_t = 262_144)]
+    bpf_backends_max: u32,
+    /// eBPF mode: most tracked connection directions (least recently used go first).
+    #[arg(long, value_name = "N", default_value_t = 524_288)]
+    bpf_conntrack_max: u32,
+    /// Address of the Prometheus metrics endpoint (/metrics, plain HTTP; "" for none).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:10249")]
+    metrics_bind_address: String,
     /// State directory (IPAM, overlay MAC, kubelet endpoint certificate).
     #[arg(long, value_name = "DIR", default_value = "/var/lib/skiff-agent")]
     data_dir: PathBuf,
@@ -72,6 +88,12 @@ fn duration(s: &str) -> Result<std::time::Duration, String> {
         .parse()
         .map_err(|e| format!("{s:?} is not a duration like 50ms, 2s or 5m: {e}"))?;
     std::time::Duration::try_from(d).map_err(|_| format!("{s:?} must not be negative"))
+}
+
+fn bpf_dir(args: &Args) -> PathBuf {
+    args.bpf_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/sys/fs/bpf/skiff").join(&args.node_name))
 }
 
 async fn shutdown_signal() {
@@ -153,11 +175,17 @@ async fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    let metrics_addr = match args.metrics_bind_address.as_str() {
+        "" => None,
+        a => match a.parse::<std::net::SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(e) => {
+                eprintln!("error: --metrics-bind-address {a:?} is not ADDR:PORT: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
     tracing::debug!(mode = ?args.proxy_mode, dir = %args.data_dir.display(), "starting");
-    if matches!(args.proxy_mode, ProxyMode::Ebpf) {
-        eprintln!("error: --proxy-mode ebpf is not available yet; use --proxy-mode iptables");
-        return ExitCode::from(2);
-    }
     let ipt = match Iptables::select(args.iptables_backend) {
         Ok(i) => i,
         Err(e) => {
@@ -180,6 +208,34 @@ async fn main() -> ExitCode {
         }
     };
     let host_ip = uplink.address.to_string();
+    let uplink_addr = uplink.address;
+    let sizes = proxy::ebpf::Sizes {
+        services: args.bpf_services_max,
+        backends: args.bpf_backends_max,
+        conntrack: args.bpf_conntrack_max,
+        ..proxy::ebpf::Sizes::default()
+    };
+    // The eBPF datapath comes up before any pod is wired, so every pod veth gets it at birth.
+    let datapath = match args.proxy_mode {
+        ProxyMode::Iptables => {
+            if let Err(e) = proxy::ebpf::remove_pins(&bpf_dir(&args)) {
+                tracing::warn!("removing the eBPF datapath of an earlier run: {e}");
+            }
+            None
+        }
+        ProxyMode::Ebpf => match proxy::ebpf::start(&bpf_dir(&args), sizes, &uplink) {
+            Ok(dp) => {
+                if let Err(e) = proxy::iptables::remove_all(&ipt) {
+                    tracing::warn!("removing the iptables service rules of an earlier run: {e}");
+                }
+                Some(Arc::new(std::sync::Mutex::new(dp)))
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let kubelet = match kubelet_endpoint(&args, &host_ip).await {
         Ok(k) => k,
         Err(e) => {
@@ -235,7 +291,23 @@ async fn main() -> ExitCode {
         }
     };
     let net = match net {
-        Ok(n) => n,
+        Ok(n) => {
+            let mut setup = n
+                .reject_services(n.cluster.service_cidr, datapath.is_some())
+                .await;
+            if let (Ok(()), Some(dp)) = (&setup, &datapath) {
+                setup = n
+                    .set_veth_hook(proxy::ebpf::veth_hook(Arc::clone(dp)))
+                    .await;
+            }
+            if let Err(e) = setup {
+                eprintln!("error: {e}");
+                let _ = stop_tx.send(true);
+                let _ = heartbeat.await;
+                return ExitCode::FAILURE;
+            }
+            n
+        }
         Err(e) => {
             eprintln!("error: {e}");
             let _ = stop_tx.send(true);
@@ -284,15 +356,36 @@ async fn main() -> ExitCode {
         (cluster_dns, 53).into(),
         stop_rx.clone(),
     ));
+    let proxy_metrics = Arc::new(skiff_agent::metrics::ProxyMetrics::default());
+    if let Some(addr) = metrics_addr {
+        {
+            {
+                let sources = skiff_agent::metrics::Sources {
+                    proxy: Arc::clone(&proxy_metrics),
+                    datapath: datapath.as_ref().map(|dp| (Arc::clone(dp), sizes)),
+                };
+                let stop = stop_rx.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = skiff_agent::metrics::serve(addr, sources, stop).await {
+                        tracing::error!("metrics endpoint on {addr}: {e}");
+                    }
+                });
+            }
+        }
+    }
     let proxy_task = tokio::spawn(proxy::run(
         client.clone(),
         proxy::Config {
             node: args.node_name.clone(),
             cluster_cidr: net.cluster.cluster_cidr,
-            iptables: ipt,
+            mode: match &datapath {
+                Some(dp) => proxy::Mode::Ebpf(Arc::clone(dp), vec![uplink_addr]),
+                None => proxy::Mode::Iptables(ipt),
+            },
             min_sync: args.proxy_min_sync_period,
             full_sync: args.proxy_sync_period,
             dns: Some((zone, cluster_dns)),
+            metrics: proxy_metrics,
         },
         stop_rx.clone(),
     ));

@@ -175,7 +175,7 @@ fn service_traffic_is_translated_both_ways_and_survives_a_reload() {
                     addr: wire_addr(vip),
                     port: wire_port(port),
                     proto,
-                    _pad: 0,
+                    scope: 0,
                 };
                 dp.set_service(frontend, u32::from(port), &[(backend_ip, target)])
                     .unwrap();
@@ -271,8 +271,8 @@ fn the_service_model_programs_the_maps() {
         let mut dp = Datapath::load(&pins, Sizes::default()).unwrap();
         dp.attach("h0").unwrap();
         dp.attach("hb0").unwrap();
-        let mut p = Proxier::new(dp);
-        let stats = p.sync(changes).unwrap();
+        let mut p = Proxier::new(std::sync::Arc::new(std::sync::Mutex::new(dp)), Vec::new());
+        let (stats, _) = p.sync(changes).unwrap();
         assert_eq!(stats.frontends_written, 2);
         p
     });
@@ -289,12 +289,13 @@ fn the_service_model_programs_the_maps() {
 
     // The Service goes: its frontends leave the map.
     model.delete_service(&svc);
-    let stats = proxier.sync(model.take_changes()).unwrap();
+    let (stats, _) = proxier.sync(model.take_changes()).unwrap();
     assert_eq!(stats.frontends_removed, 2);
     assert!(connects(&c, vip).is_err());
     let left = in_ns(&h, move || {
-        let mut p = proxier;
-        p.datapath_mut().frontends().unwrap().len()
+        let p = proxier;
+        let n = p.datapath().lock().unwrap().frontends().unwrap().len();
+        n
     });
     assert_eq!(left, 0);
 }

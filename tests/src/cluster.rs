@@ -10,6 +10,9 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 const CLAIMS: &str = "/run/skiff/underlays";
+/// A bpf filesystem for the agents' eBPF pins, mounted here in the host's mount namespace:
+/// `ip netns exec` replaces /sys for the agents, and pins must outlive an agent.
+const BPF_ROOT: &str = "/run/skiff/bpf";
 const API_PORT: u16 = 6443;
 
 /// What to bring up.
@@ -382,7 +385,10 @@ impl Cluster {
             .arg(self.spec.state_dir.join(&role))
             .arg("--resolv-conf")
             .arg(&resolv)
+            .arg("--bpf-dir")
+            .arg(bpf_dir(&self.spec.name).join(&role))
             .args(&self.spec.agent_flags);
+        ensure_bpffs()?;
         self.spawn(&role, &mut cmd)?;
         Ok(())
     }
@@ -590,6 +596,24 @@ pub fn remove_containers(node: &str) {
     }
 }
 
+fn bpf_dir(cluster: &str) -> PathBuf {
+    Path::new(BPF_ROOT).join(cluster)
+}
+
+/// Mounts the bpf filesystem at BPF_ROOT unless one is there.
+fn ensure_bpffs() -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+    if mounts.lines().any(|l| {
+        let mut f = l.split_whitespace();
+        f.nth(1) == Some(BPF_ROOT) && f.next() == Some("bpf")
+    }) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(BPF_ROOT)?;
+    run(Command::new("mount").args(["-t", "bpf", "bpf", BPF_ROOT]))?;
+    Ok(())
+}
+
 /// Brings down the cluster recorded in `state_dir`: processes (by pid), pod containers (by
 /// label), namespaces and the host link (by name), the underlay claim, then the state itself.
 pub fn down(state_dir: &Path) -> Result<()> {
@@ -609,6 +633,8 @@ pub fn down(state_dir: &Path) -> Result<()> {
         let _ = ip(&["netns", "del", &format!("skiff-{name}-node{i}")]);
     }
     let _ = ip(&["netns", "del", &format!("skiff-{name}-ext")]);
+    // Unpinning detaches the datapath (its socket program is on the host's cgroup).
+    let _ = std::fs::remove_dir_all(bpf_dir(&name));
     let _ = ip(&["link", "del", &format!("sk-{name}")]);
     let _ = ip(&["netns", "del", &format!("skiff-{name}-ul")]);
     if k < 256 {

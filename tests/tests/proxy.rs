@@ -395,7 +395,7 @@ fn conformance(mode: &str) {
         s.spread("affinity on", &from, &url, 12).len() == 1
     });
 
-    // Headless services are not proxied.
+    // Headless services are not proxied; in eBPF mode no iptables rule translates services.
     let rules = output({
         let mut cmd = s.c.in_node(1, "sh");
         cmd.args([
@@ -405,11 +405,36 @@ fn conformance(mode: &str) {
         cmd
     })
     .unwrap();
-    assert!(rules.contains("default/web:http"), "service rules present");
+    assert!(rules.contains("SKIFF-POD-MASQ"), "rules were read: {rules}");
     assert!(
         !rules.contains("web-headless"),
         "headless service has no rules"
     );
+    if mode == "ebpf" {
+        for chain in [
+            "SKIFF-SERVICES",
+            "SKIFF-SVC-",
+            "SKIFF-NODEPORTS",
+            "SKIFF-HAIRPIN",
+        ] {
+            assert!(
+                !rules.contains(chain),
+                "eBPF mode left {chain} rules:\n{rules}"
+            );
+        }
+        let metrics = output({
+            let mut cmd = s.c.in_node(1, "busybox");
+            cmd.args(["wget", "-qO-", "http://127.0.0.1:10249/metrics"]);
+            cmd
+        })
+        .unwrap();
+        assert!(
+            metrics.contains("skiff_ebpf_translated_packets_total"),
+            "{metrics}"
+        );
+    } else {
+        assert!(rules.contains("default/web:http"), "service rules present");
+    }
 
     // UDP across a backend change: a client that keeps its source port (one conntrack entry)
     // reaches the new backend instead of a black hole.
@@ -476,4 +501,9 @@ fn conformance(mode: &str) {
 #[test]
 fn services_conform_in_iptables_mode() {
     conformance("iptables");
+}
+
+#[test]
+fn services_conform_in_ebpf_mode() {
+    conformance("ebpf");
 }

@@ -16,6 +16,11 @@ pub const NAT_CHAIN: &str = "SKIFF-POD-MASQ";
 pub const FORWARD_CHAIN: &str = "SKIFF-POD-FORWARD";
 pub const DNS_CHAIN: &str = "SKIFF-DNS-NOTRACK";
 
+/// Whether a chain belongs to the pod network (not to the service proxy).
+pub fn is_network_chain(chain: &str) -> bool {
+    [NAT_CHAIN, FORWARD_CHAIN, DNS_CHAIN].contains(&chain)
+}
+
 /// The restore input for a node with `pod_cidr` in a cluster of `cluster_cidr`, answering
 /// cluster DNS on `dns` itself.
 pub fn rules(cluster_cidr: Ipv4Net, pod_cidr: Ipv4Net, dns: Ipv4Addr) -> String {

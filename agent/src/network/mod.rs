@@ -216,8 +216,13 @@ impl ClusterConfig {
     }
 }
 
+/// Called with the host-side name of every pod veth once it is wired (the eBPF datapath
+/// attaches to it there, before the pod's containers start).
+pub type VethHook = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// Pods' side of the node's network: the bridge, addresses and per-pod files.
 pub struct PodNetwork {
+    veth_hook: std::sync::OnceLock<VethHook>,
     handle: rtnetlink::Handle,
     bridge: u32,
     ipam: Ipam,
@@ -271,7 +276,39 @@ impl PodNetwork {
             mtu: self.mtu,
         };
         bridge::wire(&self.handle, self.bridge, &link).await?;
+        if let Some(hook) = self.veth_hook.get() {
+            hook(&bridge::host_veth(uid));
+        }
         Ok(ip)
+    }
+
+    /// Sets the hook for veths wired from now on, and runs it for those wired already.
+    pub async fn set_veth_hook(&self, hook: VethHook) -> Result<(), NetworkError> {
+        // Set first: a veth wired meanwhile is then hooked twice, which is harmless.
+        let _ = self.veth_hook.set(Arc::clone(&hook));
+        for name in self.wired().await? {
+            hook(&name);
+        }
+        Ok(())
+    }
+
+    /// With `on`, packets to the service range that no dataplane translated (a service
+    /// without endpoints in eBPF mode) meet an unreachable route, so clients are refused at
+    /// once instead of waiting; without, the route goes.
+    pub async fn reject_services(&self, range: Ipv4Net, on: bool) -> Result<(), NetworkError> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(range.network(), range.prefix_len())
+            .kind(netlink_packet_route::route::RouteType::Unreachable)
+            .build();
+        if on {
+            self.handle.route().add(msg).replace().execute().await?;
+        } else if let Err(e) = self.handle.route().del(msg).execute().await {
+            // Absent already is the goal.
+            if !matches!(e, rtnetlink::Error::NetlinkError(_)) {
+                return Err(e.into());
+            }
+        }
+        Ok(())
     }
 
     /// Undoes `attach` and removes the pod's files.
@@ -461,6 +498,7 @@ pub async fn start(
         .await?;
     tracing::info!(%pod_cidr, vtep = %overlay::format_mac(&mac), "pod network ready");
     let net = Arc::new(PodNetwork {
+        veth_hook: std::sync::OnceLock::new(),
         handle,
         bridge,
         ipam,

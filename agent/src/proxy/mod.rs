@@ -33,10 +33,70 @@ pub enum ProxyError {
     BridgeNetfilter(std::io::Error),
 }
 
+/// Which dataplane renders the model.
+pub enum Mode {
+    Iptables(Iptables),
+    /// The eBPF datapath (loaded and attached by the caller) and the node's addresses, where
+    /// NodePorts are served.
+    Ebpf(ebpf::proxier::Shared, Vec<Ipv4Addr>),
+}
+
+/// The model's renderer for the chosen mode.
+enum Dataplane {
+    Iptables(iptables::Proxier),
+    Ebpf(ebpf::proxier::Proxier),
+}
+
+/// What one sync did, whatever the mode.
+struct Summary {
+    full: bool,
+    services: usize,
+    written: usize,
+    removed: usize,
+}
+
+impl Dataplane {
+    fn sync(&mut self, changes: model::Changes) -> Result<(Summary, iptables::Previous), String> {
+        match self {
+            Self::Iptables(p) => p
+                .sync(changes)
+                .map(|(s, prev)| {
+                    let summary = Summary {
+                        full: s.full,
+                        services: s.services,
+                        written: s.chains_written,
+                        removed: s.chains_deleted,
+                    };
+                    (summary, prev)
+                })
+                .map_err(|e| e.to_string()),
+            Self::Ebpf(p) => p
+                .sync(changes)
+                .map(|(s, prev)| {
+                    let summary = Summary {
+                        full: s.full,
+                        services: s.services,
+                        written: s.frontends_written,
+                        removed: s.frontends_removed,
+                    };
+                    (summary, prev)
+                })
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    fn ports(&self, key: &ServiceKey) -> &[model::ServicePort] {
+        match self {
+            Self::Iptables(p) => p.ports(key),
+            Self::Ebpf(p) => p.ports(key),
+        }
+    }
+}
+
 pub struct Config {
     pub node: String,
     pub cluster_cidr: Ipv4Net,
-    pub iptables: Iptables,
+    pub mode: Mode,
     /// Syncs are at least this far apart (changes in between are batched).
     pub min_sync: Duration,
     /// A full sync runs at least this often.
@@ -44,6 +104,7 @@ pub struct Config {
     /// The cluster DNS zone, kept from the same watches; its address is served by the node
     /// itself and never proxied.
     pub dns: Option<(Arc<Zone>, Ipv4Addr)>,
+    pub metrics: Arc<crate::metrics::ProxyMetrics>,
 }
 
 const BRIDGE_NF: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
@@ -65,7 +126,13 @@ pub async fn run(
     cfg: Config,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), ProxyError> {
-    ensure_bridge_netfilter()?;
+    let dataplane = match cfg.mode {
+        Mode::Iptables(ipt) => {
+            ensure_bridge_netfilter()?;
+            Dataplane::Iptables(iptables::Proxier::new(ipt, cfg.cluster_cidr))
+        }
+        Mode::Ebpf(dp, addrs) => Dataplane::Ebpf(ebpf::proxier::Proxier::new(dp, addrs)),
+    };
     let services = watcher(
         Api::<Service>::all(client.clone()),
         watcher::Config::default(),
@@ -87,7 +154,7 @@ pub async fn run(
     let mut listed_slices: Option<Vec<EndpointSlice>> = None;
     // Nothing is written before both kinds were listed once: a partial view would delete rules.
     let (mut have_services, mut have_slices) = (false, false);
-    let mut proxier = Some(iptables::Proxier::new(cfg.iptables, cfg.cluster_cidr));
+    let mut proxier = Some(dataplane);
     let mut health = health::HealthServers::default();
     let mut checks: BTreeMap<u16, (ServiceKey, usize)> = BTreeMap::new();
     let mut last_sync: Option<Instant> = None;
@@ -159,22 +226,28 @@ pub async fn run(
                         break;
                     }
                 };
+                let m = &cfg.metrics;
+                m.syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                m.last_sync_us.store(started.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
                 match result {
                     Ok((stats, previous)) => {
                         failures = 0;
+                        if stats.full {
+                            m.full_syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
                         let took_ms = started.elapsed().as_millis() as u64;
                         if stats.full {
                             last_full = started;
-                            tracing::info!(services = stats.services, chains = stats.chains_written,
-                                bytes = stats.bytes, took_ms, "proxy full sync");
+                            tracing::info!(services = stats.services, written = stats.written,
+                                removed = stats.removed, took_ms, "proxy full sync");
                         } else {
-                            tracing::debug!(services = stats.services, chains = stats.chains_written,
-                                deleted = stats.chains_deleted, bytes = stats.bytes, took_ms,
-                                "proxy rules synced");
+                            tracing::debug!(services = stats.services, written = stats.written,
+                                removed = stats.removed, took_ms, "proxy synced");
                         }
                         after_sync(&p, stats.full, previous, &mut checks, &mut health).await;
                     }
                     Err(e) => {
+                        m.failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         failures += 1;
                         tracing::warn!("proxy sync failed (a full sync follows): {e}");
                         model.force_full();
@@ -190,7 +263,7 @@ pub async fn run(
 /// What follows a successful sync: stale UDP conntrack entries go, and the health check
 /// servers follow the changed services' local endpoint counts.
 async fn after_sync(
-    p: &iptables::Proxier,
+    p: &Dataplane,
     full: bool,
     previous: iptables::Previous,
     checks: &mut BTreeMap<u16, (ServiceKey, usize)>,
@@ -202,7 +275,10 @@ async fn after_sync(
     }
     for (k, before) in &previous {
         let now = p.ports(k);
-        stale.extend(conntrack::stale_entries(before, now));
+        // The eBPF datapath forgets its own stale flows as it syncs.
+        if matches!(p, Dataplane::Iptables(_)) {
+            stale.extend(conntrack::stale_entries(before, now));
+        }
         checks.retain(|_, (key, _)| key != k);
         if let Some((port, sp)) = now
             .iter()

@@ -8,7 +8,13 @@
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
-/// A service frontend: a ClusterIP (or external IP) with a port and protocol.
+/// Traffic from this node's pods and its own sockets.
+pub const SCOPE_INTERNAL: u8 = 0;
+/// Traffic arriving from outside on the node's uplink (NodePort, external IPs).
+pub const SCOPE_EXTERNAL: u8 = 1;
+
+/// A service frontend: an address (ClusterIP, external IP, node address for a NodePort) with a
+/// port and protocol, as seen from one scope.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ServiceKey {
@@ -17,17 +23,29 @@ pub struct ServiceKey {
     /// Port, network byte order.
     pub port: u16,
     pub proto: u8,
-    pub _pad: u8,
+    /// SCOPE_INTERNAL or SCOPE_EXTERNAL: the two see different backends and SNAT under
+    /// externalTrafficPolicy.
+    pub scope: u8,
 }
+
+/// Masquerade the client to the node's address (NodePort and external IPs under
+/// externalTrafficPolicy Cluster).
+pub const SVC_SNAT: u16 = 1;
+/// sessionAffinity ClientIP.
+pub const SVC_AFFINITY: u16 = 2;
 
 /// What a frontend leads to: `count` backends in slots `0..count` of service `id`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServiceValue {
     pub id: u32,
-    /// Backends that take new connections; 0 means the service has none (drop).
+    /// Backends that take new connections. 0: internal traffic passes untranslated (the node's
+    /// unreachable route for the service range rejects it), external traffic is dropped.
     pub count: u16,
     pub flags: u16,
+    /// ClientIP affinity timeout in seconds (with SVC_AFFINITY).
+    pub affinity_timeout: u32,
+    pub _pad: u32,
 }
 
 /// One backend slot of a service.
@@ -48,7 +66,7 @@ pub struct Backend {
     pub _pad: u16,
 }
 
-/// A connection as a packet names it (source first), and which way the packet goes.
+/// A packet's 5-tuple (source first), as it arrives at a hook.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CtKey {
@@ -57,30 +75,85 @@ pub struct CtKey {
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
-    /// CT_FORWARD for a client's packets, CT_REPLY for a backend's: a reply leaving a backend
-    /// pod on this node must not be taken for a new client packet.
-    pub dir: u8,
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 3],
 }
 
-pub const CT_FORWARD: u8 = 0;
-pub const CT_REPLY: u8 = 1;
+/// Rewrite the source to `saddr:sport`.
+pub const CT_NAT_SRC: u8 = 1;
+/// Rewrite the destination to `daddr:dport`.
+pub const CT_NAT_DST: u8 = 2;
+/// Send the rewritten packet on by a FIB lookup and redirect, bypassing the stack (its source
+/// may be one of the node's own addresses, which the stack would drop as martian).
+pub const CT_FIB: u8 = 4;
+/// Send it back out of the interface it came in on (hairpin: a pod reaching itself).
+pub const CT_BOUNCE: u8 = 8;
+/// The entry is a reply direction (a backend's packets).
+pub const CT_REPLY: u8 = 16;
 
-/// The translation of a tracked connection: for a client's packets the backend chosen, for a
-/// backend's replies the frontend the client asked for.
+/// How the packets of a tracked connection are translated in the direction of the key.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CtValue {
-    pub addr: u32,
-    pub port: u16,
-    pub _pad: u16,
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub flags: u8,
+    pub _pad: [u8; 3],
+    /// When the connection was set up (bpf_ktime_get_ns), so a reused tuple is told from a
+    /// retransmitted SYN.
+    pub created: u64,
 }
+
+/// Client of a service with ClientIP affinity.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub id: u32,
+    /// IPv4 address, network byte order.
+    pub client: u32,
+}
+
+/// The backend a client is held to, and when it last opened a connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AffinityValue {
+    pub backend: Backend,
+    pub slot: u32,
+    pub _pad: u32,
+    pub last: u64,
+}
+
+/// The node as the datapath needs it (slot 0 of the `CONFIG` array).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// The node's network namespace: socket programs are attached to a cgroup shared with
+    /// other namespaces and act only on sockets of this one.
+    pub netns_cookie: u64,
+    /// The node's uplink address (network byte order), the source of masqueraded traffic.
+    pub node_addr: u32,
+    pub _pad: u32,
+}
+
+/// Source address of hairpin traffic (a pod reaching itself through a service): link-local
+/// and owned by nobody, so the pod answers it through its gateway, where the datapath sits.
+pub const HAIRPIN_ADDR: [u8; 4] = [169, 254, 42, 1];
 
 /// Datapath counters, one slot each in the per-CPU `STATS` array.
 pub const STAT_TRANSLATED: u32 = 0;
 pub const STAT_REPLIES: u32 = 1;
+/// External traffic to a frontend without (local) backends.
 pub const STAT_DROP_NO_BACKEND: u32 = 2;
-pub const STAT_SLOTS: u32 = 3;
+/// Internal traffic to a frontend without backends, left to the node's reject route.
+pub const STAT_NO_ENDPOINTS: u32 = 3;
+/// Packets the FIB could not forward (left to the stack).
+pub const STAT_FIB_MISS: u32 = 4;
+/// Socket connects translated for the node's own processes.
+pub const STAT_SOCK_TRANSLATED: u32 = 5;
+/// Packets the datapath could not rewrite (dropped).
+pub const STAT_DROP_ERROR: u32 = 6;
+pub const STAT_SLOTS: u32 = 7;
 
 #[cfg(feature = "user")]
 mod user {
@@ -97,4 +170,10 @@ mod user {
     unsafe impl aya::Pod for super::CtKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::CtValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::AffinityKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::AffinityValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NodeConfig {}
 }

@@ -1,24 +1,40 @@
-//! The service datapath, attached with tc to the host end of every pod's veth:
-//! - `skiff_from_pod` (ingress: packets the pod sends) translates a new connection to a service
-//!   frontend into one of its backends and remembers the choice in `CT`, so later packets of the
-//!   connection keep their backend whatever happens to the service;
-//! - `skiff_to_pod` (egress: packets about to enter the pod) turns a backend's reply back into
-//!   the frontend the pod asked for.
+//! The service datapath:
+//! - `skiff_from_pod` (tc ingress of a pod's host veth: what the pod sends) and
+//!   `skiff_from_world` (tc ingress of the node's uplink: NodePort and external-IP traffic)
+//!   translate a new connection to a service frontend into one of its backends, and record
+//!   both directions in `CT`, so later packets keep their backend whatever happens to the
+//!   service and replies are turned back into the frontend the client asked for;
+//! - `skiff_to_pod` (tc egress of a pod's host veth) translates replies that reach a client pod
+//!   from a backend on another node;
+//! - `skiff_sock_connect4` (cgroup connect4) points the node's own sockets straight at a
+//!   backend, so node traffic needs no per-packet translation at all.
 //!
-//! Both directions of every pod's traffic pass its veth, wherever the backend runs (same node:
-//! bridged; other node: through the overlay), so the reply is always reverse-translated on the
-//! client's own node.
+//! Every direction of a connection is tracked on the node that translated it: a pod's packets
+//! cross its veth wherever the backend runs, and SNATed external traffic comes back to the node
+//! address it was masqueraded to.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT};
-use aya_ebpf::helpers::bpf_get_prandom_u32;
-use aya_ebpf::macros::{classifier, map};
-use aya_ebpf::maps::{HashMap, LruHashMap, PerCpuArray};
-use aya_ebpf::programs::TcContext;
+use core::ffi::c_void;
+
+use aya_ebpf::EbpfContext;
+use aya_ebpf::bindings::{
+    BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+    TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup as FibParams,
+};
+use aya_ebpf::helpers::{
+    bpf_fib_lookup, bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect,
+    bpf_redirect_neigh,
+};
+use aya_ebpf::macros::{cgroup_sock_addr, classifier, map};
+use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray};
+use aya_ebpf::programs::{SockAddrContext, TcContext};
 use skiff_ebpf_common::{
-    Backend, BackendKey, CT_FORWARD, CT_REPLY, CtKey, CtValue, PROTO_TCP, PROTO_UDP,
-    STAT_DROP_NO_BACKEND, STAT_REPLIES, STAT_SLOTS, STAT_TRANSLATED, ServiceKey, ServiceValue,
+    AffinityKey, AffinityValue, Backend, BackendKey, CT_BOUNCE, CT_FIB, CT_NAT_DST, CT_NAT_SRC,
+    CT_REPLY, CtKey, CtValue, HAIRPIN_ADDR, NodeConfig, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL,
+    SCOPE_INTERNAL, STAT_DROP_ERROR, STAT_DROP_NO_BACKEND, STAT_FIB_MISS, STAT_NO_ENDPOINTS,
+    STAT_REPLIES, STAT_SLOTS, STAT_SOCK_TRANSLATED, STAT_TRANSLATED, SVC_AFFINITY, SVC_SNAT,
+    ServiceKey, ServiceValue,
 };
 
 /// Sizes are defaults; the agent sets them at load time.
@@ -29,6 +45,10 @@ static BACKENDS: HashMap<BackendKey, Backend> = HashMap::pinned(262_144, 0);
 #[map]
 static CT: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(524_288, 0);
 #[map]
+static AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(65_536, 0);
+#[map]
+static CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
+#[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_SLOTS, 0);
 
 const ETH_HLEN: usize = 14;
@@ -37,6 +57,14 @@ const IP_PROTO_OFF: usize = ETH_HLEN + 9;
 const IP_CSUM_OFF: usize = ETH_HLEN + 10;
 const IP_SRC_OFF: usize = ETH_HLEN + 12;
 const IP_DST_OFF: usize = ETH_HLEN + 16;
+const AF_INET: u8 = 2;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+/// A SYN for a tuple tracked longer than this opens a new connection (the old one is long
+/// gone); a younger one is a retransmission and keeps its backend.
+const SYN_REUSE_NS: u64 = 3_000_000_000;
+/// Source ports tried when a masqueraded tuple is taken.
+const SNAT_TRIES: u32 = 4;
 
 /// The parts of an IPv4 TCP/UDP packet the datapath reads.
 struct Packet {
@@ -64,6 +92,16 @@ impl Packet {
             BPF_F_MARK_MANGLED_0 as u64
         } else {
             0
+        }
+    }
+    fn key(&self) -> CtKey {
+        CtKey {
+            saddr: self.saddr,
+            daddr: self.daddr,
+            sport: self.sport,
+            dport: self.dport,
+            proto: self.proto,
+            _pad: [0; 3],
         }
     }
 }
@@ -108,6 +146,18 @@ fn count(slot: u32) {
     }
 }
 
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn random() -> u32 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_get_prandom_u32() }
+}
+
 /// Rewrites the address at `addr_off` and the port at `port_off`, fixing both checksums.
 #[inline(always)]
 fn rewrite(
@@ -118,6 +168,9 @@ fn rewrite(
     old: (u32, u16),
     new: (u32, u16),
 ) -> Result<(), i64> {
+    if old == new {
+        return Ok(());
+    }
     let csum = p.csum_off();
     let flags = p.csum_flags();
     ctx.l4_csum_replace(
@@ -133,125 +186,338 @@ fn rewrite(
     Ok(())
 }
 
-#[classifier]
-pub fn skiff_from_pod(ctx: TcContext) -> i32 {
-    match try_from_pod(&ctx) {
-        Ok(action) => action,
-        // A packet the datapath cannot rewrite is dropped rather than sent untranslated.
-        Err(_) => TC_ACT_SHOT,
+/// Applies a tracked translation to the packet and sends it on.
+#[inline(always)]
+fn apply(ctx: &TcContext, p: &Packet, v: &CtValue) -> Result<i32, i64> {
+    if v.flags & CT_NAT_DST != 0 {
+        rewrite(
+            ctx,
+            p,
+            IP_DST_OFF,
+            p.l4 + 2,
+            (p.daddr, p.dport),
+            (v.daddr, v.dport),
+        )?;
     }
+    if v.flags & CT_NAT_SRC != 0 {
+        rewrite(
+            ctx,
+            p,
+            IP_SRC_OFF,
+            p.l4,
+            (p.saddr, p.sport),
+            (v.saddr, v.sport),
+        )?;
+    }
+    if v.flags & CT_BOUNCE != 0 {
+        return bounce(ctx);
+    }
+    if v.flags & CT_FIB != 0 {
+        let (saddr, daddr) = (
+            if v.flags & CT_NAT_SRC != 0 { v.saddr } else { p.saddr },
+            if v.flags & CT_NAT_DST != 0 { v.daddr } else { p.daddr },
+        );
+        return Ok(fib_forward(ctx, p.proto, saddr, daddr));
+    }
+    Ok(TC_ACT_OK)
 }
 
-fn try_from_pod(ctx: &TcContext) -> Result<i32, i64> {
+/// Sends the packet back out of the interface it came in on, as a reply from the gateway.
+#[inline(always)]
+fn bounce(ctx: &TcContext) -> Result<i32, i64> {
+    let dst: [u8; 6] = ctx.load(0)?;
+    let src: [u8; 6] = ctx.load(6)?;
+    ctx.store(0, &src, 0)?;
+    ctx.store(6, &dst, 0)?;
+    // SAFETY: a plain helper call on this program's own packet.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: as above.
+    Ok(unsafe { bpf_redirect(ifindex, 0) } as i32)
+}
+
+/// Forwards the packet by the FIB, past the stack: its source may be one of the node's own
+/// addresses (masqueraded, or a NodePort reply), which the input path would drop as martian.
+#[inline(always)]
+fn fib_forward(ctx: &TcContext, proto: u8, saddr: u32, daddr: u32) -> i32 {
+    // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
+    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET;
+    fib.l4_protocol = proto;
+    fib.__bindgen_anon_3.ipv4_src = saddr;
+    fib.__bindgen_anon_4.ipv4_dst = daddr;
+    // SAFETY: reading the context's own field.
+    fib.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: `fib` lives on this stack frame for the call and its size is passed.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.as_ptr(),
+            &mut fib,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        if ctx.store(0, &fib.dmac, 0).is_err() || ctx.store(6, &fib.smac, 0).is_err() {
+            count(STAT_DROP_ERROR);
+            return TC_ACT_SHOT;
+        }
+        // SAFETY: a plain helper call.
+        return unsafe { bpf_redirect(fib.ifindex, 0) } as i32;
+    }
+    if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        // SAFETY: no parameters: the helper resolves the next hop itself.
+        return unsafe { bpf_redirect_neigh(fib.ifindex, core::ptr::null_mut(), 0, 0) } as i32;
+    }
+    count(STAT_FIB_MISS);
+    TC_ACT_OK
+}
+
+/// Picks the backend of a new connection from `client`: the one its affinity holds while that
+/// is still a backend, or one at random.
+#[inline(always)]
+fn select(svc: &ServiceValue, client: u32) -> Option<Backend> {
+    let count = u32::from(svc.count);
+    let akey = AffinityKey {
+        id: svc.id,
+        client,
+    };
+    let affinity = svc.flags & SVC_AFFINITY != 0;
+    let t = now();
+    if affinity {
+        // SAFETY: the value is copied out at once; a concurrent update at worst gives a stale
+        // copy.
+        if let Some(a) = unsafe { AFFINITY.get(&akey) }.copied()
+            && t.saturating_sub(a.last) < u64::from(svc.affinity_timeout) * 1_000_000_000
+            && a.slot < count
+            // SAFETY: as above.
+            && unsafe { BACKENDS.get(&BackendKey { id: svc.id, slot: a.slot }) }
+                .is_some_and(|b| *b == a.backend)
+        {
+            let _ = AFFINITY.insert(&akey, &AffinityValue { last: t, ..a }, 0);
+            return Some(a.backend);
+        }
+    }
+    let slot = random() % count;
+    // SAFETY: as above.
+    let b = unsafe { BACKENDS.get(&BackendKey { id: svc.id, slot }) }.copied()?;
+    if affinity {
+        let v = AffinityValue {
+            backend: b,
+            slot,
+            _pad: 0,
+            last: t,
+        };
+        let _ = AFFINITY.insert(&akey, &v, 0);
+    }
+    Some(b)
+}
+
+/// A TCP SYN without ACK: the first packet of a connection.
+#[inline(always)]
+fn is_syn(ctx: &TcContext, p: &Packet) -> bool {
+    p.proto == PROTO_TCP
+        && ctx
+            .load::<u8>(p.l4 + 13)
+            .is_ok_and(|f| f & (TCP_SYN | TCP_ACK) == TCP_SYN)
+}
+
+#[inline(always)]
+fn config() -> Option<NodeConfig> {
+    CONFIG.get(0).copied()
+}
+
+/// The translation both ingress hooks share; `scope` says where the packet came from.
+#[inline(always)]
+fn translate(ctx: &TcContext, scope: u8) -> Result<i32, i64> {
     let Some(p) = parse(ctx) else {
         return Ok(TC_ACT_OK);
     };
-    let conn = CtKey {
-        saddr: p.saddr,
-        daddr: p.daddr,
-        sport: p.sport,
-        dport: p.dport,
-        proto: p.proto,
-        dir: CT_FORWARD,
-        _pad: [0; 2],
-    };
-    // SAFETY: the value is copied out at once; a concurrent update at worst gives a stale copy.
-    let backend = match unsafe { CT.get(conn) } {
-        Some(b) => *b,
-        None => {
-            let key = ServiceKey {
-                addr: p.daddr,
-                port: p.dport,
-                proto: p.proto,
-                _pad: 0,
-            };
-            // SAFETY: as above.
-            let Some(svc) = (unsafe { SERVICES.get(key) }).copied() else {
-                return Ok(TC_ACT_OK);
-            };
-            if svc.count == 0 {
-                count(STAT_DROP_NO_BACKEND);
-                return Ok(TC_ACT_SHOT);
-            }
-            // SAFETY: a helper without arguments.
-            let slot = unsafe { bpf_get_prandom_u32() } % u32::from(svc.count);
-            // SAFETY: as above.
-            let Some(b) = (unsafe { BACKENDS.get(BackendKey { id: svc.id, slot }) }).copied()
-            else {
-                count(STAT_DROP_NO_BACKEND);
-                return Ok(TC_ACT_SHOT);
-            };
-            let chosen = CtValue {
-                addr: b.addr,
-                port: b.port,
-                _pad: 0,
-            };
-            let reply = CtKey {
-                saddr: b.addr,
-                daddr: p.saddr,
-                sport: b.port,
-                dport: p.sport,
-                proto: p.proto,
-                dir: CT_REPLY,
-                _pad: [0; 2],
-            };
-            let frontend = CtValue {
-                addr: p.daddr,
-                port: p.dport,
-                _pad: 0,
-            };
-            CT.insert(reply, frontend, 0)?;
-            CT.insert(conn, chosen, 0)?;
-            chosen
+    let key = p.key();
+    // SAFETY: copied out at once.
+    if let Some(v) = unsafe { CT.get(&key) }.copied() {
+        let reused = v.flags & CT_REPLY == 0
+            && is_syn(ctx, &p)
+            && now().saturating_sub(v.created) > SYN_REUSE_NS;
+        if !reused {
+            count(if v.flags & CT_REPLY != 0 {
+                STAT_REPLIES
+            } else {
+                STAT_TRANSLATED
+            });
+            return apply(ctx, &p, &v);
         }
+    }
+    let skey = ServiceKey {
+        addr: p.daddr,
+        port: p.dport,
+        proto: p.proto,
+        scope,
     };
-    rewrite(
-        ctx,
-        &p,
-        IP_DST_OFF,
-        p.l4 + 2,
-        (p.daddr, p.dport),
-        (backend.addr, backend.port),
-    )?;
+    // SAFETY: copied out at once.
+    let Some(svc) = unsafe { SERVICES.get(&skey) }.copied() else {
+        return Ok(TC_ACT_OK);
+    };
+    if svc.count == 0 {
+        if scope == SCOPE_EXTERNAL {
+            count(STAT_DROP_NO_BACKEND);
+            return Ok(TC_ACT_SHOT);
+        }
+        // Left untranslated: the node's route for the service range rejects it at once.
+        count(STAT_NO_ENDPOINTS);
+        return Ok(TC_ACT_OK);
+    }
+    let Some(b) = select(&svc, p.saddr) else {
+        count(STAT_DROP_NO_BACKEND);
+        return Ok(TC_ACT_SHOT);
+    };
+    let hairpin = scope == SCOPE_INTERNAL && b.addr == p.saddr;
+    let snat = if hairpin {
+        Some(u32::from_ne_bytes(HAIRPIN_ADDR))
+    } else if svc.flags & SVC_SNAT != 0 {
+        config().map(|c| c.node_addr)
+    } else {
+        None
+    };
+    let mut reply = CtKey {
+        saddr: b.addr,
+        daddr: snat.unwrap_or(p.saddr),
+        sport: b.port,
+        dport: p.sport,
+        proto: p.proto,
+        _pad: [0; 3],
+    };
+    if snat.is_some() && !hairpin {
+        // Two clients on one source port would share the masqueraded tuple: move on to a
+        // free port.
+        let mut tries = 0;
+        // SAFETY: only tests presence.
+        while tries < SNAT_TRIES && unsafe { CT.get(&reply) }.is_some() {
+            reply.dport = ((32_768 + random() % 28_000) as u16).to_be();
+            tries += 1;
+        }
+    }
+    let route = if hairpin {
+        CT_BOUNCE
+    } else if scope == SCOPE_EXTERNAL {
+        CT_FIB
+    } else {
+        0
+    };
+    let created = now();
+    let forward = CtValue {
+        saddr: reply.daddr,
+        daddr: b.addr,
+        sport: reply.dport,
+        dport: b.port,
+        flags: CT_NAT_DST | if snat.is_some() { CT_NAT_SRC } else { 0 } | route,
+        _pad: [0; 3],
+        created,
+    };
+    let back = CtValue {
+        saddr: p.daddr,
+        daddr: p.saddr,
+        sport: p.dport,
+        dport: p.sport,
+        flags: CT_REPLY | CT_NAT_SRC | if snat.is_some() { CT_NAT_DST } else { 0 } | route,
+        _pad: [0; 3],
+        created,
+    };
+    CT.insert(&reply, &back, 0)?;
+    CT.insert(&key, &forward, 0)?;
     count(STAT_TRANSLATED);
-    Ok(TC_ACT_OK)
+    apply(ctx, &p, &forward)
+}
+
+#[classifier]
+pub fn skiff_from_pod(ctx: TcContext) -> i32 {
+    verdict(translate(&ctx, SCOPE_INTERNAL))
+}
+
+#[classifier]
+pub fn skiff_from_world(ctx: TcContext) -> i32 {
+    verdict(translate(&ctx, SCOPE_EXTERNAL))
+}
+
+/// A packet the datapath cannot rewrite is dropped rather than sent untranslated.
+#[inline(always)]
+fn verdict(r: Result<i32, i64>) -> i32 {
+    match r {
+        Ok(action) => action,
+        Err(_) => {
+            count(STAT_DROP_ERROR);
+            TC_ACT_SHOT
+        }
+    }
 }
 
 #[classifier]
 pub fn skiff_to_pod(ctx: TcContext) -> i32 {
-    match try_to_pod(&ctx) {
-        Ok(action) => action,
-        Err(_) => TC_ACT_SHOT,
-    }
+    verdict(try_to_pod(&ctx))
 }
 
 fn try_to_pod(ctx: &TcContext) -> Result<i32, i64> {
     let Some(p) = parse(ctx) else {
         return Ok(TC_ACT_OK);
     };
-    let key = CtKey {
-        saddr: p.saddr,
-        daddr: p.daddr,
-        sport: p.sport,
-        dport: p.dport,
-        proto: p.proto,
-        dir: CT_REPLY,
-        _pad: [0; 2],
-    };
     // SAFETY: copied out at once.
-    let Some(frontend) = (unsafe { CT.get(key) }).copied() else {
+    let Some(v) = unsafe { CT.get(&p.key()) }.copied() else {
         return Ok(TC_ACT_OK);
     };
-    rewrite(
+    if v.flags & CT_REPLY == 0 {
+        return Ok(TC_ACT_OK);
+    }
+    count(STAT_REPLIES);
+    // Already on its way into the pod: only the addresses change.
+    apply(
         ctx,
         &p,
-        IP_SRC_OFF,
-        p.l4,
-        (p.saddr, p.sport),
-        (frontend.addr, frontend.port),
-    )?;
-    count(STAT_REPLIES);
-    Ok(TC_ACT_OK)
+        &CtValue {
+            flags: v.flags & (CT_NAT_SRC | CT_NAT_DST),
+            ..v
+        },
+    )
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn skiff_sock_connect4(ctx: SockAddrContext) -> i32 {
+    connect4(&ctx);
+    // Never refuse a connect: what is not a frontend goes on as asked.
+    1
+}
+
+#[inline(always)]
+fn connect4(ctx: &SockAddrContext) {
+    let Some(cfg) = config() else { return };
+    // SAFETY: the helper takes this program's context.
+    if unsafe { bpf_get_netns_cookie(ctx.as_ptr().cast::<c_void>()) } != cfg.netns_cookie {
+        return;
+    }
+    let sa = ctx.sock_addr;
+    // SAFETY: the kernel's context for this program, valid for its run.
+    let (addr, port, protocol) = unsafe { ((*sa).user_ip4, (*sa).user_port, (*sa).protocol) };
+    let key = ServiceKey {
+        addr,
+        port: port as u16,
+        proto: protocol as u8,
+        scope: SCOPE_INTERNAL,
+    };
+    // SAFETY: copied out at once.
+    let Some(svc) = unsafe { SERVICES.get(&key) }.copied() else {
+        return;
+    };
+    if svc.count == 0 {
+        count(STAT_NO_ENDPOINTS);
+        return;
+    }
+    let Some(b) = select(&svc, cfg.node_addr) else {
+        return;
+    };
+    // SAFETY: as above; both fields are writable for connect4.
+    unsafe {
+        (*sa).user_ip4 = b.addr;
+        (*sa).user_port = u32::from(b.port);
+    }
+    count(STAT_SOCK_TRANSLATED);
 }
 
 #[cfg(not(test))]

@@ -1,25 +1,30 @@
 //! The eBPF service datapath's user-space half: loads the prebuilt programs
 //! (ebpf/prebuilt/skiff.bpf.o, built by `cargo xtask build-ebpf`), keeps their maps pinned under
-//! `/sys/fs/bpf/skiff/<node>` and attaches them with tcx to the host end of pod veths, each
-//! link pinned too. A restarted agent reopens the pinned maps (connections keep their tracked
-//! backends) and replaces the programs in the pinned links atomically: the datapath never stops.
+//! `/sys/fs/bpf/skiff/<node>` and attaches them with tcx to the host end of pod veths and to the
+//! uplink, and to the root cgroup for the node's own sockets, each link pinned too. A restarted
+//! agent reopens the pinned maps (connections keep their tracked backends) and replaces the
+//! programs in the pinned links atomically: the datapath never stops.
 
 pub mod proxier;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
-use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
-use skiff_ebpf_common::{Backend, BackendKey, ServiceKey, ServiceValue};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType};
+use skiff_ebpf_common::{
+    Backend, BackendKey, CT_NAT_DST, CT_REPLY, CtKey, CtValue, NodeConfig, ServiceKey, ServiceValue,
+};
 
 /// The datapath object; the agent builds on stable because it is committed.
 static OBJECT: &[u8] = aya::include_bytes_aligned!("../../../../ebpf/prebuilt/skiff.bpf.o");
 
 const FROM_POD: &str = "skiff_from_pod";
 const TO_POD: &str = "skiff_to_pod";
+const FROM_WORLD: &str = "skiff_from_world";
+const CONNECT4: &str = "skiff_sock_connect4";
 const BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
@@ -27,6 +32,8 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 pub enum EbpfError {
     #[error("mounting bpffs on {BPFFS}: {0}; mount it by hand (mount -t bpf bpf {BPFFS})")]
     Mount(nix::Error),
+    #[error("{} is not on a bpf filesystem; mount one (mount -t bpf bpf DIR) or pick a --bpf-dir on one", .0.display())]
+    NotBpffs(PathBuf),
     #[error("loading the eBPF datapath: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("eBPF program {0}: {1}")]
@@ -35,6 +42,10 @@ pub enum EbpfError {
     Map(&'static str, aya::maps::MapError),
     #[error("pinning the link of {0}: {1}")]
     Pin(String, String),
+    #[error(
+        "no cgroup v2 hierarchy to attach the node's socket program to ({0}); mount one (mount -t cgroup2 none /sys/fs/cgroup/unified)"
+    )]
+    Cgroup(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -45,6 +56,7 @@ pub struct Sizes {
     pub services: u32,
     pub backends: u32,
     pub conntrack: u32,
+    pub affinity: u32,
 }
 
 impl Default for Sizes {
@@ -53,6 +65,7 @@ impl Default for Sizes {
             services: 65_536,
             backends: 262_144,
             conntrack: 524_288,
+            affinity: 65_536,
         }
     }
 }
@@ -63,6 +76,10 @@ pub struct Stats {
     pub translated: u64,
     pub replies: u64,
     pub dropped_no_backend: u64,
+    pub no_endpoints: u64,
+    pub fib_miss: u64,
+    pub sock_translated: u64,
+    pub dropped_error: u64,
 }
 
 pub struct Datapath {
@@ -70,10 +87,22 @@ pub struct Datapath {
     links: PathBuf,
 }
 
-/// Mounts bpffs where the kernel expects it, when nothing is mounted there yet.
-fn ensure_bpffs() -> Result<(), EbpfError> {
-    if nix::sys::statfs::statfs(BPFFS).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC) {
+fn is_bpffs(dir: &Path) -> bool {
+    nix::sys::statfs::statfs(dir).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
+}
+
+/// Makes sure `pins` can live on a bpf filesystem: under /sys/fs/bpf one is mounted when
+/// missing; anywhere else one must be there already.
+fn ensure_bpffs(pins: &Path) -> Result<(), EbpfError> {
+    let existing = pins
+        .ancestors()
+        .find(|a| a.exists())
+        .unwrap_or(Path::new("/"));
+    if is_bpffs(existing) {
         return Ok(());
+    }
+    if !pins.starts_with(BPFFS) {
+        return Err(EbpfError::NotBpffs(pins.to_owned()));
     }
     std::fs::create_dir_all(BPFFS)?;
     nix::mount::mount(
@@ -95,6 +124,61 @@ pub fn wire_port(port: u16) -> u16 {
     port.to_be()
 }
 
+fn sock_program(bpf: &mut aya::Ebpf) -> Result<&mut CgroupSockAddr, EbpfError> {
+    bpf.program_mut(CONNECT4)
+        .ok_or(EbpfError::Program(
+            CONNECT4,
+            aya::programs::ProgramError::NotLoaded,
+        ))?
+        .try_into()
+        .map_err(|e| EbpfError::Program(CONNECT4, e))
+}
+
+/// This thread's network namespace, as the kernel's socket programs name it.
+fn netns_cookie() -> Result<u64, EbpfError> {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as nix::libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cookie`, which outlives the call.
+    let rc = unsafe {
+        nix::libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            nix::libc::SOL_SOCKET,
+            nix::libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(EbpfError::Io(std::io::Error::last_os_error()));
+    }
+    Ok(cookie)
+}
+
+/// Where the cgroup v2 hierarchy is mounted (mounting it privately when nothing is: `ip netns
+/// exec` hides the host's /sys mounts, and any mount of it is the same hierarchy).
+fn cgroup2_root() -> Result<PathBuf, EbpfError> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+    if let Some(dir) = mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_, dir, kind) = (f.next()?, f.next()?, f.next()?);
+        (kind == "cgroup2").then(|| PathBuf::from(dir))
+    }) {
+        return Ok(dir);
+    }
+    let dir = PathBuf::from("/run/skiff/cgroup2");
+    std::fs::create_dir_all(&dir)?;
+    nix::mount::mount(
+        Some("none"),
+        &dir,
+        Some("cgroup2"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| EbpfError::Cgroup(e.to_string()))?;
+    Ok(dir)
+}
+
 /// One of the object's tc programs.
 fn classifier<'a>(
     bpf: &'a mut aya::Ebpf,
@@ -112,34 +196,54 @@ fn classifier<'a>(
 impl Datapath {
     /// Loads the programs with their maps pinned under `pins` (reused when already there).
     pub fn load(pins: &Path, sizes: Sizes) -> Result<Self, EbpfError> {
-        ensure_bpffs()?;
+        ensure_bpffs(pins)?;
         std::fs::create_dir_all(pins.join("links"))?;
         let mut bpf = aya::EbpfLoader::new()
             .default_map_pin_directory(pins)
             .map_max_entries("SERVICES", sizes.services)
             .map_max_entries("BACKENDS", sizes.backends)
             .map_max_entries("CT", sizes.conntrack)
+            .map_max_entries("AFFINITY", sizes.affinity)
             .load(OBJECT)?;
-        for name in [FROM_POD, TO_POD] {
+        for name in [FROM_POD, TO_POD, FROM_WORLD] {
             classifier(&mut bpf, name)?
                 .load()
                 .map_err(|e| EbpfError::Program(name, e))?;
         }
+        sock_program(&mut bpf)?
+            .load()
+            .map_err(|e| EbpfError::Program(CONNECT4, e))?;
         Ok(Self {
             bpf,
             links: pins.join("links"),
         })
     }
 
-    /// Attaches both programs to a pod's host-side interface (in this thread's network
+    /// Attaches both pod programs to a pod's host-side interface (in this thread's network
     /// namespace); idempotent, and a link left by an earlier agent gets the new programs.
     pub fn attach(&mut self, ifname: &str) -> Result<(), EbpfError> {
+        self.attach_tc(
+            ifname,
+            &[
+                (FROM_POD, TcAttachType::Ingress, "ingress"),
+                (TO_POD, TcAttachType::Egress, "egress"),
+            ],
+        )
+    }
+
+    /// Attaches the NodePort / external-IP program to the node's uplink.
+    pub fn attach_uplink(&mut self, ifname: &str) -> Result<(), EbpfError> {
+        self.attach_tc(ifname, &[(FROM_WORLD, TcAttachType::Ingress, "ingress")])
+    }
+
+    fn attach_tc(
+        &mut self,
+        ifname: &str,
+        hooks: &[(&'static str, TcAttachType, &str)],
+    ) -> Result<(), EbpfError> {
         let index = nix::net::if_::if_nametoindex(ifname)
             .map_err(|e| EbpfError::Io(std::io::Error::from(e)))?;
-        for (name, hook, dir) in [
-            (FROM_POD, TcAttachType::Ingress, "ingress"),
-            (TO_POD, TcAttachType::Egress, "egress"),
-        ] {
+        for &(name, hook, dir) in hooks {
             // The interface index is in the name: a re-created interface of the same name is a
             // new attachment, never the dead link of the old one.
             let pin = self.links.join(format!("{ifname}-{index}-{dir}"));
@@ -179,6 +283,52 @@ impl Datapath {
         Ok(())
     }
 
+    /// Attaches the socket program to the root of the cgroup v2 hierarchy, where it sees every
+    /// socket of the machine and acts on those of this node's namespace (its cookie is in
+    /// `CONFIG`). A link from an earlier agent is replaced after the new one is in place, so
+    /// the node's connects are translated throughout.
+    pub fn attach_sockets(&mut self) -> Result<(), EbpfError> {
+        let root = cgroup2_root()?;
+        let dir = std::fs::File::open(&root)?;
+        let prog = sock_program(&mut self.bpf)?;
+        let id = prog
+            .attach(&dir, CgroupAttachMode::AllowMultiple)
+            .map_err(|e| EbpfError::Program(CONNECT4, e))?;
+        let link: FdLink = prog
+            .take_link(id)
+            .map_err(|e| EbpfError::Program(CONNECT4, e))?
+            .try_into()
+            .map_err(|e: aya::programs::links::LinkError| {
+                EbpfError::Pin("cgroup".into(), e.to_string())
+            })?;
+        let pin = self.links.join("cgroup-connect4");
+        let fresh = self.links.join("cgroup-connect4.new");
+        let _ = std::fs::remove_file(&fresh);
+        link.pin(&fresh)
+            .map_err(|e| EbpfError::Pin("cgroup".into(), e.to_string()))?;
+        // The rename drops the old link's pin: the kernel detaches it.
+        std::fs::rename(&fresh, &pin)?;
+        Ok(())
+    }
+
+    /// Tells the datapath about the node (its namespace's cookie, its masquerade address).
+    pub fn set_config(&mut self, node_addr: Ipv4Addr) -> Result<(), EbpfError> {
+        let cfg = NodeConfig {
+            netns_cookie: netns_cookie()?,
+            node_addr: wire_addr(node_addr),
+            _pad: 0,
+        };
+        let map = self.bpf.map_mut("CONFIG").ok_or(EbpfError::Map(
+            "CONFIG",
+            aya::maps::MapError::InvalidName {
+                name: "CONFIG".into(),
+            },
+        ))?;
+        let mut arr: Array<&mut MapData, NodeConfig> =
+            Array::try_from(map).map_err(|e| EbpfError::Map("CONFIG", e))?;
+        arr.set(0, cfg, 0).map_err(|e| EbpfError::Map("CONFIG", e))
+    }
+
     /// One of the object's hash maps, typed.
     fn hash_map<K: aya::Pod, V: aya::Pod>(
         &mut self,
@@ -209,6 +359,18 @@ impl Datapath {
         id: u32,
         backends: &[(Ipv4Addr, u16)],
     ) -> Result<(), EbpfError> {
+        self.set_frontend(frontend, id, backends, 0, 0)
+    }
+
+    /// As `set_service`, with `SVC_*` flags and the affinity timeout.
+    pub fn set_frontend(
+        &mut self,
+        frontend: ServiceKey,
+        id: u32,
+        backends: &[(Ipv4Addr, u16)],
+        flags: u16,
+        affinity_timeout: u32,
+    ) -> Result<(), EbpfError> {
         let mut map = self.backends()?;
         for (slot, (ip, port)) in backends.iter().enumerate() {
             let key = BackendKey {
@@ -227,7 +389,9 @@ impl Datapath {
         let value = ServiceValue {
             id,
             count,
-            flags: 0,
+            flags,
+            affinity_timeout,
+            _pad: 0,
         };
         self.services()?
             .insert(frontend, value, 0)
@@ -260,6 +424,39 @@ impl Datapath {
         Ok(self.services()?.iter().filter_map(Result::ok).collect())
     }
 
+    /// Forgets tracked connections to any of `gone` (address, port, protocol), in both
+    /// directions: a UDP client of a backend that went away is balanced anew with its next
+    /// packet instead of sending into the void.
+    pub fn forget_backends(&mut self, gone: &[(Ipv4Addr, u16, u8)]) -> Result<usize, EbpfError> {
+        let gone: std::collections::HashSet<(u32, u16, u8)> = gone
+            .iter()
+            .map(|(ip, port, proto)| (wire_addr(*ip), wire_port(*port), *proto))
+            .collect();
+        let mut map: BpfHashMap<&mut MapData, CtKey, CtValue> = self.hash_map("CT")?;
+        let stale: Vec<CtKey> = map
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, v)| {
+                if v.flags & CT_REPLY != 0 {
+                    gone.contains(&(k.saddr, k.sport, k.proto))
+                } else {
+                    v.flags & CT_NAT_DST != 0 && gone.contains(&(v.daddr, v.dport, k.proto))
+                }
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for k in &stale {
+            let _ = map.remove(k);
+        }
+        Ok(stale.len())
+    }
+
+    /// Entries in the connection tracking map (a walk over it: for metrics, not hot paths).
+    pub fn conntrack_entries(&mut self) -> Result<usize, EbpfError> {
+        let map: BpfHashMap<&mut MapData, CtKey, CtValue> = self.hash_map("CT")?;
+        Ok(map.keys().filter(Result::is_ok).count())
+    }
+
     pub fn stats(&self) -> Result<Stats, EbpfError> {
         let map = self.bpf.map("STATS").ok_or(EbpfError::Map(
             "STATS",
@@ -280,6 +477,44 @@ impl Datapath {
             translated: sum(skiff_ebpf_common::STAT_TRANSLATED)?,
             replies: sum(skiff_ebpf_common::STAT_REPLIES)?,
             dropped_no_backend: sum(skiff_ebpf_common::STAT_DROP_NO_BACKEND)?,
+            no_endpoints: sum(skiff_ebpf_common::STAT_NO_ENDPOINTS)?,
+            fib_miss: sum(skiff_ebpf_common::STAT_FIB_MISS)?,
+            sock_translated: sum(skiff_ebpf_common::STAT_SOCK_TRANSLATED)?,
+            dropped_error: sum(skiff_ebpf_common::STAT_DROP_ERROR)?,
         })
+    }
+}
+
+/// Loads the datapath with its pins under `pins` and attaches what does not depend on pods: the
+/// uplink's program and the socket program, with the node's address as masquerade source.
+pub fn start(
+    pins: &Path,
+    sizes: Sizes,
+    uplink: &crate::network::Uplink,
+) -> Result<Datapath, EbpfError> {
+    let mut dp = Datapath::load(pins, sizes)?;
+    dp.set_config(uplink.address)?;
+    dp.attach_uplink(&uplink.name)?;
+    dp.attach_sockets()?;
+    Ok(dp)
+}
+
+/// The pod network's hook: attach the pod programs to each new veth.
+pub fn veth_hook(dp: proxier::Shared) -> crate::network::VethHook {
+    std::sync::Arc::new(move |ifname: &str| {
+        let mut dp = dp.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Err(e) = dp.attach(ifname) {
+            tracing::error!(ifname, "attaching the service datapath: {e}");
+        }
+    })
+}
+
+/// Removes the datapath of an earlier run in eBPF mode: unpinning its links detaches the
+/// programs, and unpinning the maps frees them.
+pub fn remove_pins(pins: &Path) -> Result<(), EbpfError> {
+    match std::fs::remove_dir_all(pins) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }

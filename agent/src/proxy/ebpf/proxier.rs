@@ -1,21 +1,41 @@
 //! The eBPF backend of the service model: the same `Changes` the iptables backend renders
-//! become map writes. Each service port gets a stable id whose backend slots hold its
-//! endpoints; each of its frontends (ClusterIP, external IPs) points at that id. A change is a
-//! handful of map updates for the services that changed; a full sync also removes frontends
-//! nobody wants any more (what an earlier agent left).
+//! become map writes. Each service port has one backend set (its cluster endpoints, or the
+//! local ones under internalTrafficPolicy Local) and, under externalTrafficPolicy Local, a
+//! second one of its local endpoints for traffic from outside. Frontends point at a set:
+//! - internal scope (pods, the node's sockets): ClusterIP, external IPs, node address:NodePort;
+//! - external scope (arriving on the uplink): external IPs and node address:NodePort, masqueraded
+//!   to the node's address under externalTrafficPolicy Cluster.
+//!
+//! A change is a handful of map updates for the services that changed; a full sync also
+//! removes frontends nobody wants any more (what an earlier agent left).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::Ipv4Addr;
 
-use skiff_ebpf_common::{PROTO_TCP, PROTO_UDP, ServiceKey as Frontend};
+use skiff_ebpf_common::{
+    PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_AFFINITY, SVC_SNAT,
+    ServiceKey as Frontend,
+};
 
 use super::{Datapath, EbpfError, wire_addr, wire_port};
-use crate::proxy::model::{Changes, Protocol, ServiceKey, ServicePort};
+use crate::proxy::iptables::Previous;
+use crate::proxy::model::{Changes, Endpoint, Protocol, ServiceKey, ServicePort};
+
+/// Backends as (address, port).
+type Backends = Vec<(Ipv4Addr, u16)>;
+
+/// One backend set as programmed: its id and how many slots it fills.
+#[derive(Clone, Debug, PartialEq)]
+struct Set {
+    id: u32,
+    backends: Backends,
+}
 
 /// One service port as programmed.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Default)]
 struct Programmed {
-    id: u32,
-    slots: u32,
+    /// By set name (the port id, plus "#external" for the local set).
+    sets: BTreeMap<String, Set>,
     frontends: Vec<Frontend>,
 }
 
@@ -25,11 +45,18 @@ pub struct SyncStats {
     pub services: usize,
     pub frontends_written: usize,
     pub frontends_removed: usize,
+    pub connections_forgotten: usize,
 }
 
+/// The datapath, shared with whoever attaches it to new pod interfaces.
+pub type Shared = std::sync::Arc<std::sync::Mutex<Datapath>>;
+
 pub struct Proxier {
-    dp: Datapath,
+    dp: Shared,
+    /// The node's addresses, where NodePorts are served.
+    node_addrs: Vec<Ipv4Addr>,
     programmed: BTreeMap<ServiceKey, BTreeMap<String, Programmed>>,
+    ports: BTreeMap<ServiceKey, Vec<ServicePort>>,
     ids: HashMap<String, u32>,
     free: Vec<u32>,
     next: u32,
@@ -44,114 +71,201 @@ fn proto(p: Protocol) -> Option<u8> {
     }
 }
 
-/// Backends as (address, port).
-type Backends = Vec<(std::net::Ipv4Addr, u16)>;
+fn backends(eps: &[&Endpoint]) -> Backends {
+    eps.iter().map(|e| (e.ip, e.port)).collect()
+}
 
-/// The frontends of one service port and the backends new connections may go to.
-fn desired(sp: &ServicePort) -> Option<(Vec<Frontend>, Backends)> {
+/// A frontend with the set it leads to and its flags.
+struct Wanted {
+    frontend: Frontend,
+    set: String,
+    flags: u16,
+}
+
+/// What one service port should look like in the maps.
+fn desired(
+    sp: &ServicePort,
+    node_addrs: &[Ipv4Addr],
+) -> Option<(Vec<Wanted>, BTreeMap<String, Backends>)> {
     let proto = proto(sp.protocol)?;
     let vip = sp.cluster_ip?;
-    let frontends = std::iter::once(vip)
-        .chain(sp.external_ips.iter().copied())
-        .map(|ip| Frontend {
-            addr: wire_addr(ip),
-            port: wire_port(sp.port),
-            proto,
-            _pad: 0,
-        })
-        .collect();
-    let eps = if sp.internal_local {
-        sp.local_endpoints()
+    let id = sp.id();
+    let external_set = format!("{id}#external");
+    let mut sets = BTreeMap::new();
+    sets.insert(
+        id.clone(),
+        backends(&if sp.internal_local {
+            sp.local_endpoints()
+        } else {
+            sp.cluster_endpoints()
+        }),
+    );
+    let (ext_set, ext_flags) = if sp.external_local {
+        sets.insert(external_set.clone(), backends(&sp.local_endpoints()));
+        (external_set, 0)
     } else {
-        sp.cluster_endpoints()
+        (id.clone(), SVC_SNAT)
     };
-    Some((frontends, eps.iter().map(|e| (e.ip, e.port)).collect()))
+    let affinity = if sp.affinity_timeout.is_some() {
+        SVC_AFFINITY
+    } else {
+        0
+    };
+    let key = |ip: Ipv4Addr, port: u16, scope: u8| Frontend {
+        addr: wire_addr(ip),
+        port: wire_port(port),
+        proto,
+        scope,
+    };
+    let mut wanted = vec![Wanted {
+        frontend: key(vip, sp.port, SCOPE_INTERNAL),
+        set: id.clone(),
+        flags: affinity,
+    }];
+    let mut external: Vec<(Ipv4Addr, u16)> =
+        sp.external_ips.iter().map(|ip| (*ip, sp.port)).collect();
+    if let Some(np) = sp.node_port {
+        external.extend(node_addrs.iter().map(|ip| (*ip, np)));
+    }
+    for (ip, port) in external {
+        // From inside the cluster these reach every endpoint, unmasqueraded, as kube-proxy's
+        // short-circuit for in-cluster traffic does.
+        wanted.push(Wanted {
+            frontend: key(ip, port, SCOPE_INTERNAL),
+            set: id.clone(),
+            flags: affinity,
+        });
+        wanted.push(Wanted {
+            frontend: key(ip, port, SCOPE_EXTERNAL),
+            set: ext_set.clone(),
+            flags: affinity | ext_flags,
+        });
+    }
+    Some((wanted, sets))
 }
 
 impl Proxier {
-    pub fn new(dp: Datapath) -> Self {
+    pub fn new(dp: Shared, node_addrs: Vec<Ipv4Addr>) -> Self {
         Self {
             dp,
+            node_addrs,
             programmed: BTreeMap::new(),
+            ports: BTreeMap::new(),
             ids: HashMap::new(),
             free: Vec::new(),
             next: 1,
         }
     }
 
-    pub fn datapath_mut(&mut self) -> &mut Datapath {
-        &mut self.dp
+    pub fn datapath(&self) -> &Shared {
+        &self.dp
     }
 
-    fn id_for(&mut self, port_id: &str) -> u32 {
-        if let Some(id) = self.ids.get(port_id) {
+    /// The ports of a service as last synced.
+    pub fn ports(&self, key: &ServiceKey) -> &[ServicePort] {
+        self.ports.get(key).map_or(&[], Vec::as_slice)
+    }
+
+    fn id_for(&mut self, set: &str) -> u32 {
+        if let Some(id) = self.ids.get(set) {
             return *id;
         }
         let id = self.free.pop().unwrap_or_else(|| {
             self.next += 1;
             self.next - 1
         });
-        self.ids.insert(port_id.to_owned(), id);
+        self.ids.insert(set.to_owned(), id);
         id
     }
 
-    fn release(&mut self, port_id: &str) {
-        if let Some(id) = self.ids.remove(port_id) {
+    fn release(&mut self, set: &str) {
+        if let Some(id) = self.ids.remove(set) {
             self.free.push(id);
         }
     }
 
-    pub fn sync(&mut self, changes: Changes) -> Result<SyncStats, EbpfError> {
+    /// Applies the changes; returns what it did and the ports each changed service had before.
+    pub fn sync(&mut self, changes: Changes) -> Result<(SyncStats, Previous), EbpfError> {
         let mut stats = SyncStats {
             full: changes.full,
             services: changes.services.len(),
             ..SyncStats::default()
         };
+        let shared = std::sync::Arc::clone(&self.dp);
+        // A panic elsewhere while holding it leaves the maps as consistent as any failed sync.
+        let mut dp = shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let dp = &mut *dp;
+        let mut previous = Previous::new();
+        // UDP backends that left a service: their tracked flows are forgotten.
+        let mut gone: BTreeSet<(Ipv4Addr, u16, u8)> = BTreeSet::new();
         for (svc, ports) in changes.services {
             let old = self.programmed.remove(&svc).unwrap_or_default();
             let mut now: BTreeMap<String, Programmed> = BTreeMap::new();
             for sp in &ports {
-                let Some((frontends, backends)) = desired(sp) else {
+                let Some((wanted, sets)) = desired(sp, &self.node_addrs) else {
                     continue;
                 };
                 let port_id = sp.id();
-                let id = self.id_for(&port_id);
-                for f in &frontends {
-                    self.dp.set_service(*f, id, &backends)?;
+                let before = old.get(&port_id);
+                let mut prog = Programmed::default();
+                for (name, backends) in sets {
+                    let id = self.id_for(&name);
+                    prog.sets.insert(name, Set { id, backends });
+                }
+                for w in &wanted {
+                    let set = &prog.sets[&w.set];
+                    dp.set_frontend(
+                        w.frontend,
+                        set.id,
+                        &set.backends,
+                        w.flags,
+                        sp.affinity_timeout.unwrap_or(0),
+                    )?;
                     stats.frontends_written += 1;
                 }
-                let slots = backends.len() as u32;
-                if let Some(before) = old.get(&port_id)
-                    && before.slots > slots
-                {
-                    self.dp.trim_backends(id, slots, before.slots)?;
-                }
-                now.insert(
-                    port_id,
-                    Programmed {
-                        id,
-                        slots,
-                        frontends,
-                    },
-                );
-            }
-            for (port_id, before) in &old {
-                let kept = now.get(port_id);
-                for f in &before.frontends {
-                    if !kept.is_some_and(|k| k.frontends.contains(f)) {
-                        let slots = if kept.is_some() { 0 } else { before.slots };
-                        self.dp.remove_service(*f, before.id, slots)?;
-                        stats.frontends_removed += 1;
+                prog.frontends = wanted.into_iter().map(|w| w.frontend).collect();
+                for (name, set) in &prog.sets {
+                    let Some(old_set) = before.and_then(|b| b.sets.get(name)) else {
+                        continue;
+                    };
+                    let (slots, had) = (set.backends.len() as u32, old_set.backends.len() as u32);
+                    if had > slots {
+                        dp.trim_backends(set.id, slots, had)?;
+                    }
+                    if sp.protocol == Protocol::Udp {
+                        let p = PROTO_UDP;
+                        gone.extend(
+                            old_set
+                                .backends
+                                .iter()
+                                .filter(|b| !set.backends.contains(b))
+                                .map(|(ip, port)| (*ip, *port, p)),
+                        );
                     }
                 }
-                if kept.is_none() {
-                    self.dp.trim_backends(before.id, 0, before.slots)?;
-                    self.release(port_id);
+                if let Some(b) = before {
+                    self.drop_unwanted(dp, b, Some(&prog), &mut stats, &mut gone, sp.protocol)?;
+                }
+                now.insert(port_id, prog);
+            }
+            for (port_id, before) in &old {
+                if !now.contains_key(port_id) {
+                    let udp = before.frontends.iter().any(|f| f.proto == PROTO_UDP);
+                    let proto = if udp { Protocol::Udp } else { Protocol::Tcp };
+                    self.drop_unwanted(dp, before, None, &mut stats, &mut gone, proto)?;
                 }
             }
             if !now.is_empty() {
-                self.programmed.insert(svc, now);
+                self.programmed.insert(svc.clone(), now);
             }
+            let before = if ports.is_empty() {
+                self.ports.remove(&svc)
+            } else {
+                self.ports.insert(svc.clone(), ports)
+            };
+            previous.push((svc, before.unwrap_or_default()));
         }
         if stats.full {
             let wanted: HashSet<Frontend> = self
@@ -159,13 +273,51 @@ impl Proxier {
                 .values()
                 .flat_map(|ports| ports.values().flat_map(|p| p.frontends.iter().copied()))
                 .collect();
-            for (f, v) in self.dp.frontends()? {
+            for (f, v) in dp.frontends()? {
                 if !wanted.contains(&f) {
-                    self.dp.remove_service(f, v.id, u32::from(v.count))?;
+                    dp.remove_service(f, v.id, 0)?;
                     stats.frontends_removed += 1;
                 }
             }
         }
-        Ok(stats)
+        if !gone.is_empty() {
+            let gone: Vec<_> = gone.into_iter().collect();
+            stats.connections_forgotten = dp.forget_backends(&gone)?;
+        }
+        Ok((stats, previous))
+    }
+
+    /// Removes what `before` programmed and `now` (the port's new state, if any) no longer
+    /// wants: frontends first, then whole backend sets.
+    fn drop_unwanted(
+        &mut self,
+        dp: &mut Datapath,
+        before: &Programmed,
+        now: Option<&Programmed>,
+        stats: &mut SyncStats,
+        gone: &mut BTreeSet<(Ipv4Addr, u16, u8)>,
+        protocol: Protocol,
+    ) -> Result<(), EbpfError> {
+        for f in &before.frontends {
+            if !now.is_some_and(|n| n.frontends.contains(f)) {
+                dp.remove_service(*f, 0, 0)?;
+                stats.frontends_removed += 1;
+            }
+        }
+        for (name, set) in &before.sets {
+            if now.is_some_and(|n| n.sets.contains_key(name)) {
+                continue;
+            }
+            dp.trim_backends(set.id, 0, set.backends.len() as u32)?;
+            if protocol == Protocol::Udp {
+                gone.extend(
+                    set.backends
+                        .iter()
+                        .map(|(ip, port)| (*ip, *port, PROTO_UDP)),
+                );
+            }
+            self.release(name);
+        }
+        Ok(())
     }
 }
