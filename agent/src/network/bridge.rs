@@ -11,7 +11,16 @@ use super::{NetworkError, link_index};
 
 pub const BRIDGE: &str = "skiff0";
 
-/// Creates the bridge when missing and gives it the gateway address; idempotent.
+/// The bridge's MAC: fixed, from the gateway address (kubenet's `0a:58` scheme). Left to
+/// itself a bridge takes the lowest MAC of its ports and changes it as pods come and go, and
+/// pods whose ARP cache still holds the old one send into the void until they ask again.
+pub fn bridge_mac(gateway: Ipv4Addr) -> Vec<u8> {
+    let o = gateway.octets();
+    vec![0x0a, 0x58, o[0], o[1], o[2], o[3]]
+}
+
+/// Creates the bridge when missing and gives it the gateway address and its fixed MAC;
+/// idempotent.
 pub async fn ensure_bridge(
     handle: &rtnetlink::Handle,
     gateway: Ipv4Addr,
@@ -41,7 +50,13 @@ pub async fn ensure_bridge(
     }
     handle
         .link()
-        .set(LinkUnspec::new_with_index(index).mtu(mtu).up().build())
+        .set(
+            LinkUnspec::new_with_index(index)
+                .mtu(mtu)
+                .address(bridge_mac(gateway))
+                .up()
+                .build(),
+        )
         .execute()
         .await?;
     Ok(index)

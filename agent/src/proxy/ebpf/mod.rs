@@ -36,7 +36,7 @@ pub enum EbpfError {
     NotBpffs(PathBuf),
     #[error("loading the eBPF datapath: {0}")]
     Load(#[from] aya::EbpfError),
-    #[error("eBPF program {0}: {1}")]
+    #[error("eBPF program {0}: {1}{cause}", cause = cause(.1))]
     Program(&'static str, aya::programs::ProgramError),
     #[error("eBPF map {0}: {1}")]
     Map(&'static str, aya::maps::MapError),
@@ -48,6 +48,11 @@ pub enum EbpfError {
     Cgroup(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+/// The underlying error (the kernel's answer to a failed call), when there is one.
+fn cause(e: &dyn std::error::Error) -> String {
+    e.source().map(|s| format!(": {s}")).unwrap_or_default()
 }
 
 /// Map sizes (Cilium's defaults: 64k services, 512k tracked connections).
@@ -231,6 +236,31 @@ impl Datapath {
         )
     }
 
+    /// Unpins the links of interfaces that are gone (a deleted pod's veth): the kernel has
+    /// detached them already, only the pin is left.
+    pub fn forget_gone_links(&self) -> Result<usize, EbpfError> {
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&self.links)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // `<ifname>-<ifindex>-<hook>`; interface names may hold dashes themselves.
+            let mut parts = name.rsplitn(3, '-');
+            let (Some(_hook), Some(index), Some(ifname)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let Ok(index) = index.parse::<u32>() else {
+                continue;
+            };
+            if nix::net::if_::if_nametoindex(ifname).ok() != Some(index) {
+                std::fs::remove_file(entry.path())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Attaches the NodePort / external-IP program to the node's uplink.
     pub fn attach_uplink(&mut self, ifname: &str) -> Result<(), EbpfError> {
         self.attach_tc(ifname, &[(FROM_WORLD, TcAttachType::Ingress, "ingress")])
@@ -292,7 +322,8 @@ impl Datapath {
         let dir = std::fs::File::open(&root)?;
         let prog = sock_program(&mut self.bpf)?;
         let id = prog
-            .attach(&dir, CgroupAttachMode::AllowMultiple)
+            // A bpf_link takes no flags: links always share their cgroup with others.
+            .attach(&dir, CgroupAttachMode::Single)
             .map_err(|e| EbpfError::Program(CONNECT4, e))?;
         let link: FdLink = prog
             .take_link(id)
@@ -302,11 +333,11 @@ impl Datapath {
                 EbpfError::Pin("cgroup".into(), e.to_string())
             })?;
         let pin = self.links.join("cgroup-connect4");
-        let fresh = self.links.join("cgroup-connect4.new");
+        let fresh = self.links.join("cgroup-connect4-new");
         let _ = std::fs::remove_file(&fresh);
         link.pin(&fresh)
             .map_err(|e| EbpfError::Pin("cgroup".into(), e.to_string()))?;
-        // The rename drops the old link's pin: the kernel detaches it.
+        // The rename drops the old link's pin: the kernel detaches it. (bpffs names take no dots.)
         std::fs::rename(&fresh, &pin)?;
         Ok(())
     }
@@ -505,6 +536,10 @@ pub fn veth_hook(dp: proxier::Shared) -> crate::network::VethHook {
         let mut dp = dp.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Err(e) = dp.attach(ifname) {
             tracing::error!(ifname, "attaching the service datapath: {e}");
+        }
+        // Pods come and go together: tidying here keeps the pins in step without a timer.
+        if let Err(e) = dp.forget_gone_links() {
+            tracing::warn!("removing pins of deleted interfaces: {e}");
         }
     })
 }

@@ -1,0 +1,59 @@
+//! Prints the service datapath's maps from their pins: `ebpf_dump /sys/fs/bpf/skiff/<node>`.
+use std::net::Ipv4Addr;
+
+use aya::maps::{HashMap, Map, MapData};
+use skiff_ebpf_common::{Backend, BackendKey, CtKey, CtValue, ServiceKey, ServiceValue};
+
+fn ip(a: u32) -> Ipv4Addr {
+    Ipv4Addr::from(a.to_ne_bytes())
+}
+
+fn open(dir: &std::path::Path, name: &str) -> MapData {
+    MapData::from_pin(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn main() {
+    let dir = std::path::PathBuf::from(std::env::args().nth(1).expect("usage: ebpf_dump DIR"));
+    let svcs: HashMap<_, ServiceKey, ServiceValue> =
+        HashMap::try_from(Map::HashMap(open(&dir, "SERVICES"))).unwrap();
+    for (k, v) in svcs.iter().filter_map(Result::ok) {
+        println!(
+            "svc {}:{}/{} scope {} -> {v:?}",
+            ip(k.addr),
+            u16::from_be(k.port),
+            k.proto,
+            k.scope
+        );
+    }
+    let backends: HashMap<_, BackendKey, Backend> =
+        HashMap::try_from(Map::HashMap(open(&dir, "BACKENDS"))).unwrap();
+    let mut b: Vec<_> = backends.iter().filter_map(Result::ok).collect();
+    b.sort_by_key(|(k, _)| (k.id, k.slot));
+    for (k, v) in b {
+        println!(
+            "backend {}/{} -> {}:{}",
+            k.id,
+            k.slot,
+            ip(v.addr),
+            u16::from_be(v.port)
+        );
+    }
+    let ct: HashMap<_, CtKey, CtValue> =
+        HashMap::try_from(Map::LruHashMap(open(&dir, "CT"))).unwrap();
+    for (k, v) in ct.iter().filter_map(Result::ok).take(4000) {
+        println!(
+            "ct {}:{} -> {}:{} /{} => flags {:#x} {}:{} -> {}:{} created {}",
+            ip(k.saddr),
+            u16::from_be(k.sport),
+            ip(k.daddr),
+            u16::from_be(k.dport),
+            k.proto,
+            v.flags,
+            ip(v.saddr),
+            u16::from_be(v.sport),
+            ip(v.daddr),
+            u16::from_be(v.dport),
+            v.created / 1_000_000_000
+        );
+    }
+}
