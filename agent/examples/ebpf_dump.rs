@@ -8,14 +8,16 @@ fn ip(a: u32) -> Ipv4Addr {
     Ipv4Addr::from(a.to_ne_bytes())
 }
 
-fn open(dir: &std::path::Path, name: &str) -> MapData {
-    MapData::from_pin(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+type Error = Box<dyn std::error::Error>;
+
+fn open(dir: &std::path::Path, name: &str) -> Result<MapData, Error> {
+    MapData::from_pin(dir.join(name)).map_err(|e| format!("{name}: {e}").into())
 }
 
-fn main() {
-    let dir = std::path::PathBuf::from(std::env::args().nth(1).expect("usage: ebpf_dump DIR"));
+fn main() -> Result<(), Error> {
+    let dir = std::path::PathBuf::from(std::env::args().nth(1).ok_or("usage: ebpf_dump DIR")?);
     let svcs: HashMap<_, ServiceKey, ServiceValue> =
-        HashMap::try_from(Map::HashMap(open(&dir, "SERVICES"))).unwrap();
+        HashMap::try_from(Map::HashMap(open(&dir, "SERVICES")?))?;
     for (k, v) in svcs.iter().filter_map(Result::ok) {
         println!(
             "svc {}:{}/{} scope {} -> {v:?}",
@@ -26,7 +28,7 @@ fn main() {
         );
     }
     let backends: HashMap<_, BackendKey, Backend> =
-        HashMap::try_from(Map::HashMap(open(&dir, "BACKENDS"))).unwrap();
+        HashMap::try_from(Map::HashMap(open(&dir, "BACKENDS")?))?;
     let mut b: Vec<_> = backends.iter().filter_map(Result::ok).collect();
     b.sort_by_key(|(k, _)| (k.id, k.slot));
     for (k, v) in b {
@@ -38,8 +40,7 @@ fn main() {
             u16::from_be(v.port)
         );
     }
-    let ct: HashMap<_, CtKey, CtValue> =
-        HashMap::try_from(Map::LruHashMap(open(&dir, "CT"))).unwrap();
+    let ct: HashMap<_, CtKey, CtValue> = HashMap::try_from(Map::LruHashMap(open(&dir, "CT")?))?;
     for (k, v) in ct.iter().filter_map(Result::ok).take(4000) {
         println!(
             "ct {}:{} -> {}:{} /{} => flags {:#x} {}:{} -> {}:{} created {}",
@@ -56,4 +57,5 @@ fn main() {
             v.created / 1_000_000_000
         );
     }
+    Ok(())
 }

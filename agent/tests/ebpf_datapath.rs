@@ -271,7 +271,8 @@ fn the_service_model_programs_the_maps() {
         let mut dp = Datapath::load(&pins, Sizes::default()).unwrap();
         dp.attach("h0").unwrap();
         dp.attach("hb0").unwrap();
-        let mut p = Proxier::new(std::sync::Arc::new(std::sync::Mutex::new(dp)), Vec::new());
+        let mut p =
+            Proxier::new(std::sync::Arc::new(std::sync::Mutex::new(dp)), Vec::new()).unwrap();
         let (stats, _) = p.sync(changes).unwrap();
         assert_eq!(stats.frontends_written, 2);
         p
@@ -294,8 +295,7 @@ fn the_service_model_programs_the_maps() {
     assert!(connects(&c, vip).is_err());
     let left = in_ns(&h, move || {
         let p = proxier;
-        let n = p.datapath().lock().unwrap().frontends().unwrap().len();
-        n
+        p.datapath().lock().unwrap().frontends().unwrap().len()
     });
     assert_eq!(left, 0);
 }

@@ -406,6 +406,19 @@ impl Cluster {
         self.set_proc(&role, None)
     }
 
+    /// Kills node `i`'s agent (SIGKILL, by its pid) as a crash would; its pods and network stay.
+    pub fn kill_agent(&self, i: usize) -> Result<()> {
+        let role = format!("node{i}");
+        if let Some((_, pid)) = self.procs().into_iter().find(|(r, _)| *r == role) {
+            kill_pid(pid, "skiff-agent", true);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while is_ours(pid, "skiff-agent") && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        self.set_proc(&role, None)
+    }
+
     /// Takes node `i` off the cluster as a crash would: its agent is killed, its pods'
     /// containers removed and its namespace deleted.
     pub fn destroy_node(&self, i: usize) -> Result<()> {

@@ -31,6 +31,8 @@ pub enum ProxyError {
         "bridged traffic bypasses iptables ({0}); load the br_netfilter module (modprobe br_netfilter)"
     )]
     BridgeNetfilter(std::io::Error),
+    #[error("reading the eBPF datapath's maps: {0}")]
+    Ebpf(ebpf::EbpfError),
 }
 
 /// Which dataplane renders the model.
@@ -131,7 +133,9 @@ pub async fn run(
             ensure_bridge_netfilter()?;
             Dataplane::Iptables(iptables::Proxier::new(ipt, cfg.cluster_cidr))
         }
-        Mode::Ebpf(dp, addrs) => Dataplane::Ebpf(ebpf::proxier::Proxier::new(dp, addrs)),
+        Mode::Ebpf(dp, addrs) => {
+            Dataplane::Ebpf(ebpf::proxier::Proxier::new(dp, addrs).map_err(ProxyError::Ebpf)?)
+        }
     };
     let services = watcher(
         Api::<Service>::all(client.clone()),

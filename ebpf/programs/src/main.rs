@@ -286,20 +286,20 @@ fn select(svc: &ServiceValue, client: u32) -> Option<Backend> {
     if affinity {
         // SAFETY: the value is copied out at once; a concurrent update at worst gives a stale
         // copy.
-        if let Some(a) = unsafe { AFFINITY.get(&akey) }.copied()
+        if let Some(a) = unsafe { AFFINITY.get(akey) }.copied()
             && t.saturating_sub(a.last) < u64::from(svc.affinity_timeout) * 1_000_000_000
             && a.slot < count
             // SAFETY: as above.
-            && unsafe { BACKENDS.get(&BackendKey { id: svc.id, slot: a.slot }) }
+            && unsafe { BACKENDS.get(BackendKey { id: svc.id, slot: a.slot }) }
                 .is_some_and(|b| *b == a.backend)
         {
-            let _ = AFFINITY.insert(&akey, &AffinityValue { last: t, ..a }, 0);
+            let _ = AFFINITY.insert(akey, AffinityValue { last: t, ..a }, 0);
             return Some(a.backend);
         }
     }
     let slot = random() % count;
     // SAFETY: as above.
-    let b = unsafe { BACKENDS.get(&BackendKey { id: svc.id, slot }) }.copied()?;
+    let b = unsafe { BACKENDS.get(BackendKey { id: svc.id, slot }) }.copied()?;
     if affinity {
         let v = AffinityValue {
             backend: b,
@@ -307,7 +307,7 @@ fn select(svc: &ServiceValue, client: u32) -> Option<Backend> {
             _pad: 0,
             last: t,
         };
-        let _ = AFFINITY.insert(&akey, &v, 0);
+        let _ = AFFINITY.insert(akey, v, 0);
     }
     Some(b)
 }
@@ -334,7 +334,7 @@ fn translate(ctx: &TcContext, scope: u8) -> Result<i32, i64> {
     };
     let key = p.key();
     // SAFETY: copied out at once.
-    if let Some(v) = unsafe { CT.get(&key) }.copied() {
+    if let Some(v) = unsafe { CT.get(key) }.copied() {
         let reused = v.flags & CT_REPLY == 0
             && is_syn(ctx, &p)
             && now().saturating_sub(v.created) > SYN_REUSE_NS;
@@ -354,7 +354,7 @@ fn translate(ctx: &TcContext, scope: u8) -> Result<i32, i64> {
         scope,
     };
     // SAFETY: copied out at once.
-    let Some(svc) = unsafe { SERVICES.get(&skey) }.copied() else {
+    let Some(svc) = unsafe { SERVICES.get(skey) }.copied() else {
         return Ok(TC_ACT_OK);
     };
     if svc.count == 0 {
@@ -391,7 +391,7 @@ fn translate(ctx: &TcContext, scope: u8) -> Result<i32, i64> {
         // free port.
         let mut tries = 0;
         // SAFETY: only tests presence.
-        while tries < SNAT_TRIES && unsafe { CT.get(&reply) }.is_some() {
+        while tries < SNAT_TRIES && unsafe { CT.get(reply) }.is_some() {
             reply.dport = ((32_768 + random() % 28_000) as u16).to_be();
             tries += 1;
         }
@@ -422,8 +422,8 @@ fn translate(ctx: &TcContext, scope: u8) -> Result<i32, i64> {
         _pad: [0; 3],
         created,
     };
-    CT.insert(&reply, &back, 0)?;
-    CT.insert(&key, &forward, 0)?;
+    CT.insert(reply, back, 0)?;
+    CT.insert(key, forward, 0)?;
     count(STAT_TRANSLATED);
     apply(ctx, &p, &forward)
 }
@@ -460,7 +460,7 @@ fn try_to_pod(ctx: &TcContext) -> Result<i32, i64> {
         return Ok(TC_ACT_OK);
     };
     // SAFETY: copied out at once.
-    let Some(v) = unsafe { CT.get(&p.key()) }.copied() else {
+    let Some(v) = unsafe { CT.get(p.key()) }.copied() else {
         return Ok(TC_ACT_OK);
     };
     if v.flags & CT_REPLY == 0 {
@@ -502,7 +502,7 @@ fn connect4(ctx: &SockAddrContext) {
         scope: SCOPE_INTERNAL,
     };
     // SAFETY: copied out at once.
-    let Some(svc) = unsafe { SERVICES.get(&key) }.copied() else {
+    let Some(svc) = unsafe { SERVICES.get(key) }.copied() else {
         return;
     };
     if svc.count == 0 {

@@ -58,8 +58,13 @@ pub struct Proxier {
     programmed: BTreeMap<ServiceKey, BTreeMap<String, Programmed>>,
     ports: BTreeMap<ServiceKey, Vec<ServicePort>>,
     ids: HashMap<String, u32>,
+    /// Ids in use (values of `ids`).
+    claimed: HashSet<u32>,
     free: Vec<u32>,
     next: u32,
+    /// What an earlier agent left in the map: its frontends keep their ids (so no backend
+    /// slot is ever rewritten under a frontend of another service) until the first full sync.
+    adopted: HashMap<Frontend, (u32, u16)>,
 }
 
 fn proto(p: Protocol) -> Option<u8> {
@@ -145,16 +150,27 @@ fn desired(
 }
 
 impl Proxier {
-    pub fn new(dp: Shared, node_addrs: Vec<Ipv4Addr>) -> Self {
-        Self {
+    pub fn new(dp: Shared, node_addrs: Vec<Ipv4Addr>) -> Result<Self, EbpfError> {
+        let existing = dp
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .frontends()?;
+        let adopted: HashMap<Frontend, (u32, u16)> = existing
+            .into_iter()
+            .map(|(f, v)| (f, (v.id, v.count)))
+            .collect();
+        let next = adopted.values().map(|(id, _)| id + 1).max().unwrap_or(1);
+        Ok(Self {
             dp,
             node_addrs,
             programmed: BTreeMap::new(),
             ports: BTreeMap::new(),
             ids: HashMap::new(),
+            claimed: HashSet::new(),
             free: Vec::new(),
-            next: 1,
-        }
+            next,
+            adopted,
+        })
     }
 
     pub fn datapath(&self) -> &Shared {
@@ -166,20 +182,27 @@ impl Proxier {
         self.ports.get(key).map_or(&[], Vec::as_slice)
     }
 
-    fn id_for(&mut self, set: &str) -> u32 {
+    /// The set's id: the one it has, else the one an earlier agent gave it (`hint`), else a
+    /// free one.
+    fn id_for(&mut self, set: &str, hint: Option<u32>) -> u32 {
         if let Some(id) = self.ids.get(set) {
             return *id;
         }
-        let id = self.free.pop().unwrap_or_else(|| {
-            self.next += 1;
-            self.next - 1
-        });
+        let id = match hint.filter(|h| !self.claimed.contains(h)) {
+            Some(h) => h,
+            None => self.free.pop().unwrap_or_else(|| {
+                self.next += 1;
+                self.next - 1
+            }),
+        };
+        self.claimed.insert(id);
         self.ids.insert(set.to_owned(), id);
         id
     }
 
     fn release(&mut self, set: &str) {
         if let Some(id) = self.ids.remove(set) {
+            self.claimed.remove(&id);
             self.free.push(id);
         }
     }
@@ -211,7 +234,11 @@ impl Proxier {
                 let before = old.get(&port_id);
                 let mut prog = Programmed::default();
                 for (name, backends) in sets {
-                    let id = self.id_for(&name);
+                    let hint = wanted
+                        .iter()
+                        .filter(|w| w.set == name)
+                        .find_map(|w| self.adopted.get(&w.frontend).map(|(id, _)| *id));
+                    let id = self.id_for(&name, hint);
                     prog.sets.insert(name, Set { id, backends });
                 }
                 for w in &wanted {
@@ -278,6 +305,18 @@ impl Proxier {
                     dp.remove_service(f, v.id, 0)?;
                     stats.frontends_removed += 1;
                 }
+            }
+            // Ids of the earlier agent nobody took over: their slots go, the ids are free.
+            let mut left: BTreeMap<u32, u16> = BTreeMap::new();
+            for (id, count) in std::mem::take(&mut self.adopted).into_values() {
+                if !self.claimed.contains(&id) {
+                    let c = left.entry(id).or_default();
+                    *c = (*c).max(count);
+                }
+            }
+            for (id, count) in left {
+                dp.trim_backends(id, 0, u32::from(count))?;
+                self.free.push(id);
             }
         }
         if !gone.is_empty() {

@@ -636,6 +636,45 @@ impl Proxier {
     }
 }
 
+/// Removes every rule and chain of the iptables service proxy (a switch to the eBPF mode): the
+/// jumps from the built-in chains first, then the chains. The pod network's own chains stay.
+pub fn remove_all(ipt: &Iptables) -> Result<(), IptablesError> {
+    let mut input = String::new();
+    for t in [Table::Nat, Table::Filter] {
+        let mut l = Listing::default();
+        parse_save(t, &ipt.save(t.name())?, &mut l);
+        let ours: Vec<&String> = l
+            .chains
+            .iter()
+            .filter(|(_, c)| !crate::network::masq::is_network_chain(c))
+            .map(|(_, c)| c)
+            .collect();
+        if ours.is_empty() {
+            continue;
+        }
+        input.push_str(&format!("*{}\n", t.name()));
+        for (_, rule) in &l.rules {
+            let chain = rule.split_whitespace().next().unwrap_or_default();
+            let target = rule.rsplit_once("-j ").map(|(_, j)| j.trim());
+            if !chain.starts_with("SKIFF-") && target.is_some_and(|j| ours.contains(&&j.to_owned()))
+            {
+                input.push_str(&format!("-D {rule}\n"));
+            }
+        }
+        for c in &ours {
+            input.push_str(&format!("-F {c}\n"));
+        }
+        for c in &ours {
+            input.push_str(&format!("-X {c}\n"));
+        }
+        input.push_str("COMMIT\n");
+    }
+    if input.is_empty() {
+        return Ok(());
+    }
+    ipt.restore(&input)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -1004,43 +1043,4 @@ mod tests {
             None
         );
     }
-}
-
-/// Removes every rule and chain of the iptables service proxy (a switch to the eBPF mode): the
-/// jumps from the built-in chains first, then the chains. The pod network's own chains stay.
-pub fn remove_all(ipt: &Iptables) -> Result<(), IptablesError> {
-    let mut input = String::new();
-    for t in [Table::Nat, Table::Filter] {
-        let mut l = Listing::default();
-        parse_save(t, &ipt.save(t.name())?, &mut l);
-        let ours: Vec<&String> = l
-            .chains
-            .iter()
-            .filter(|(_, c)| !crate::network::masq::is_network_chain(c))
-            .map(|(_, c)| c)
-            .collect();
-        if ours.is_empty() {
-            continue;
-        }
-        input.push_str(&format!("*{}\n", t.name()));
-        for (_, rule) in &l.rules {
-            let chain = rule.split_whitespace().next().unwrap_or_default();
-            let target = rule.rsplit_once("-j ").map(|(_, j)| j.trim());
-            if !chain.starts_with("SKIFF-") && target.is_some_and(|j| ours.contains(&&j.to_owned()))
-            {
-                input.push_str(&format!("-D {rule}\n"));
-            }
-        }
-        for c in &ours {
-            input.push_str(&format!("-F {c}\n"));
-        }
-        for c in &ours {
-            input.push_str(&format!("-X {c}\n"));
-        }
-        input.push_str("COMMIT\n");
-    }
-    if input.is_empty() {
-        return Ok(());
-    }
-    ipt.restore(&input)
 }
