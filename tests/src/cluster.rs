@@ -21,6 +21,8 @@ pub struct Spec {
     /// 1-8 characters of [a-z0-9]; names namespaces, links and nodes.
     pub name: String,
     pub nodes: usize,
+    /// `iptables` or `ebpf`; a comma-separated list gives node i the i-th (the last one for
+    /// the nodes after it), so both modes can be measured side by side in one cluster.
     pub proxy_mode: String,
     /// Where skiff-controlplane and skiff-agent are.
     pub bin_dir: PathBuf,
@@ -359,6 +361,16 @@ impl Cluster {
         self.wait_log("controlplane", "ready on", 30)
     }
 
+    /// The proxy mode of node `i` (1-based).
+    pub fn node_proxy_mode(&self, i: usize) -> &str {
+        let modes: Vec<&str> = self.spec.proxy_mode.split(',').collect();
+        modes
+            .get(i.saturating_sub(1))
+            .or(modes.last())
+            .copied()
+            .unwrap_or("iptables")
+    }
+
     /// Starts node `i`'s agent inside its namespace (again, after `stop_agent`).
     pub fn start_agent(&self, i: usize) -> Result<()> {
         let cp = self.spec.state_dir.join("controlplane");
@@ -376,7 +388,7 @@ impl Cluster {
                 "--node-name",
                 &self.node_name(i),
             ])
-            .args(["--iface", "eth0", "--proxy-mode", &self.spec.proxy_mode])
+            .args(["--iface", "eth0", "--proxy-mode", self.node_proxy_mode(i)])
             .arg("--token-file")
             .arg(cp.join("node-token"))
             .arg("--ca-file")

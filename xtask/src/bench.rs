@@ -37,17 +37,27 @@ pub enum Which {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
     },
-    /// Service proxy: full sync time, one change to live, connection latency through a
-    /// ClusterIP against the pod IP, at 100, 1,000 and 10,000 services of 10 endpoints.
+    /// Service proxy: full sync time, one change to live, connection latency and single-stream
+    /// throughput through a ClusterIP against the pod IP, at each service count (10 endpoints
+    /// each), for each mode side by side in one run (one node per mode, same cluster).
     Proxy {
-        #[arg(long, value_enum, default_value = "iptables")]
-        mode: crate::cluster::ProxyMode,
+        /// Proxy modes to compare, comma separated.
+        #[arg(
+            long,
+            value_enum,
+            default_value = "iptables,ebpf",
+            value_delimiter = ','
+        )]
+        mode: Vec<crate::cluster::ProxyMode>,
         /// iptables flavour the agent drives (auto, legacy, nft).
         #[arg(long, default_value = "auto")]
         iptables_backend: String,
         /// Service counts to measure, comma separated.
-        #[arg(long, default_value = "100,1000,10000", value_delimiter = ',')]
+        #[arg(long, default_value = "100,1000,10000,30000", value_delimiter = ',')]
         services: Vec<usize>,
+        /// Seconds per iperf3 run (0: no throughput runs).
+        #[arg(long, default_value_t = 4)]
+        seconds: u64,
         /// Changes timed per service count.
         #[arg(long, default_value_t = 30)]
         changes: usize,
@@ -86,9 +96,19 @@ pub fn run(which: Which) -> Result<()> {
             mode,
             iptables_backend,
             services,
+            seconds,
             changes,
             requests,
-        } => crate::bench_proxy::run(mode, &iptables_backend, &services, changes, requests),
+        } => crate::bench_proxy::run(
+            &mode,
+            &iptables_backend,
+            &services,
+            crate::bench_proxy::Rounds {
+                changes,
+                requests,
+                seconds,
+            },
+        ),
     }
 }
 
@@ -609,7 +629,7 @@ fn iperf3_client(mut cmd: Command) -> Result<f64> {
 }
 
 /// One single-stream TCP run: a one-shot server started by `server`, a client by `client`.
-fn iperf3_pair(mut server: Command, client: Command) -> Result<f64> {
+pub(crate) fn iperf3_pair(mut server: Command, client: Command) -> Result<f64> {
     let mut srv = server
         .args(["-s", "-1", "-p", "5201"])
         .stdout(Stdio::null())
@@ -624,13 +644,13 @@ fn iperf3_pair(mut server: Command, client: Command) -> Result<f64> {
 }
 
 /// A command run inside the network namespace of the process `pid` (a pod's container).
-fn in_netns_of(pid: &str, program: &str) -> Command {
+pub(crate) fn in_netns_of(pid: &str, program: &str) -> Command {
     let mut cmd = Command::new("nsenter");
     cmd.args(["-t", pid, "-n", program]);
     cmd
 }
 
-fn container_pid(c: &skiff_e2e::cluster::Cluster, pod: &str) -> Result<String> {
+pub(crate) fn container_pid(c: &skiff_e2e::cluster::Cluster, pod: &str) -> Result<String> {
     let id = c.kubectl(&[
         "get",
         "pod",

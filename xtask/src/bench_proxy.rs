@@ -1,7 +1,8 @@
-//! `cargo xtask bench proxy`: the service proxy at 100, 1,000 and 10,000 services of 10
-//! endpoints each on a one-node local cluster: full sync time (from the agent's log), the time
-//! from one EndpointSlice write in the API to the rule carrying traffic, and connection latency
-//! through a ClusterIP against the pod IP directly, measured side by side in one run.
+//! `cargo xtask bench proxy`: the service proxy at 100 to 30,000 services of 10 endpoints each,
+//! on a local cluster with one node per proxy mode (iptables and eBPF side by side, sharing the
+//! same API objects and machine noise): full sync time (from each agent's log), the time from
+//! one EndpointSlice write in the API to the service carrying traffic, connection latency and
+//! single-stream throughput through a ClusterIP against the pod IP, all from a pod on the node.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -16,7 +17,7 @@ use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use skiff_e2e::cluster::Cluster;
 
-use crate::bench::{client, out_dir, percentile, pinned_pod, svg_bars};
+use crate::bench::{client, container_pid, out_dir, percentile, pinned_pod, svg_bars};
 use crate::cluster::ProxyMode;
 
 const ENDPOINTS: usize = 10;
@@ -37,15 +38,15 @@ enum Answer {
     Latencies(Vec<Vec<f64>>),
 }
 
-fn node_worker(netns: &str) -> Result<(mpsc::Sender<Job>, mpsc::Receiver<Answer>)> {
-    let ns = std::fs::File::open(format!("/var/run/netns/{netns}"))
-        .with_context(|| format!("network namespace {netns}"))?;
+/// A thread living in the network namespace at `netns` (a path under /proc).
+fn ns_worker(netns: &str) -> Result<(mpsc::Sender<Job>, mpsc::Receiver<Answer>)> {
+    let ns = std::fs::File::open(netns).with_context(|| format!("network namespace {netns}"))?;
     let (jobs_tx, jobs) = mpsc::channel::<Job>();
     let (answers, answers_rx) = mpsc::channel();
     std::thread::spawn(move || {
         // This thread alone moves into the node; the rest of xtask stays on the host.
         if let Err(e) = nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET) {
-            eprintln!("bench proxy: cannot enter the node's namespace: {e}");
+            eprintln!("bench proxy: cannot enter the client pod's namespace: {e}");
             return;
         }
         for job in jobs {
@@ -173,69 +174,90 @@ pub(crate) async fn cluster_ip(client: &kube::Client, name: &str) -> Result<Ipv4
     Ok(ip.parse()?)
 }
 
-pub fn run(
-    mode: ProxyMode,
-    backend: &str,
-    scales: &[usize],
-    changes: usize,
-    requests: usize,
-) -> Result<()> {
-    let c = crate::cluster::fresh(
+/// How much each scale measures.
+#[derive(Clone, Copy)]
+pub struct Rounds {
+    pub changes: usize,
+    pub requests: usize,
+    pub seconds: u64,
+}
+
+pub fn run(modes: &[ProxyMode], backend: &str, scales: &[usize], rounds: Rounds) -> Result<()> {
+    if modes.is_empty() {
+        bail!("--mode needs at least one of iptables, ebpf");
+    }
+    let c = crate::cluster::fresh_modes(
         "bproxy",
-        1,
-        mode,
+        modes,
         &[
             "--proxy-sync-period",
             SYNC_PERIOD,
             "--iptables-backend",
             backend,
+            // 30,000 services of 10 endpoints fill 300,000 backend slots.
+            "--bpf-backends-max",
+            "524288",
         ],
     )?;
     let rt = tokio::runtime::Runtime::new()?;
-    let result = rt.block_on(measure(&c, scales, changes, requests));
+    let result = rt.block_on(measure(&c, modes, scales, rounds));
     let results = match result {
         Ok(r) => r,
         Err(e) => bail!("{e:#}\n{}", c.logs()),
     };
-    let out = json!({"mode": format!("{mode:?}").to_lowercase(), "iptables_backend": backend,
+    let names: Vec<&str> = modes.iter().map(|m| m.as_str()).collect();
+    let out = json!({"modes": names, "iptables_backend": backend,
                      "endpoints_per_service": ENDPOINTS, "scales": results});
     let dir = out_dir()?;
     std::fs::write(dir.join("proxy.json"), serde_json::to_string_pretty(&out)?)?;
     let mut bars: Vec<(String, f64, f64)> = Vec::new();
     println!(
-        "services | full sync ms (median) | change live ms p50 / p99 | connect+GET ms p50 / p99 ClusterIP | pod IP"
+        "services | mode | full sync ms (median) | change live ms p50 / p99 | connect+GET ms p50 / p99 ClusterIP | pod IP | Gbit/s ClusterIP | pod IP"
     );
+    let f = |v: &Value| v.as_f64().unwrap_or(0.0);
     for r in &results {
         let n = r["services"].as_u64().unwrap_or(0);
-        let target_full = if n >= 10_000 { 2000.0 } else { 0.0 };
-        let target_change = if n >= 10_000 { 100.0 } else { 0.0 };
-        bars.push((
-            format!("{n} svc: full sync ms"),
-            r["full_sync_ms"]["median"].as_f64().unwrap_or(0.0),
-            target_full,
-        ));
-        bars.push((
-            format!("{n} svc: change p99 ms"),
-            r["change_ms"]["p99"].as_f64().unwrap_or(0.0),
-            target_change,
-        ));
-        println!(
-            "{n} | {:.0} | {:.1} / {:.1} | {:.2} / {:.2} | {:.2} / {:.2}",
-            r["full_sync_ms"]["median"].as_f64().unwrap_or(0.0),
-            r["change_ms"]["p50"].as_f64().unwrap_or(0.0),
-            r["change_ms"]["p99"].as_f64().unwrap_or(0.0),
-            r["connect_ms"]["cluster_ip"]["p50"].as_f64().unwrap_or(0.0),
-            r["connect_ms"]["cluster_ip"]["p99"].as_f64().unwrap_or(0.0),
-            r["connect_ms"]["pod_ip"]["p50"].as_f64().unwrap_or(0.0),
-            r["connect_ms"]["pod_ip"]["p99"].as_f64().unwrap_or(0.0),
-        );
+        for m in &names {
+            let x = &r[*m];
+            let ebpf = *m == "ebpf";
+            let (target_full, target_change) = match (ebpf, n) {
+                (true, _) => (2000.0, 5.0),
+                (false, n) if n >= 10_000 => (2000.0, 100.0),
+                _ => (0.0, 0.0),
+            };
+            bars.push((
+                format!("{n} {m}: full sync ms"),
+                f(&x["full_sync_ms"]["median"]),
+                target_full,
+            ));
+            bars.push((
+                format!("{n} {m}: change p99 ms"),
+                f(&x["change_ms"]["p99"]),
+                target_change,
+            ));
+            println!(
+                "{n} | {m} | {:.0} | {:.1} / {:.1} | {:.3} / {:.3} | {:.3} / {:.3} | {:.2} | {:.2}",
+                f(&x["full_sync_ms"]["median"]),
+                f(&x["change_ms"]["p50"]),
+                f(&x["change_ms"]["p99"]),
+                f(&x["connect_ms"]["cluster_ip"]["p50"]),
+                f(&x["connect_ms"]["cluster_ip"]["p99"]),
+                f(&x["connect_ms"]["pod_ip"]["p50"]),
+                f(&x["connect_ms"]["pod_ip"]["p99"]),
+                f(&x["throughput_gbps"]["cluster_ip"]),
+                f(&x["throughput_gbps"]["pod_ip"]),
+            );
+        }
     }
     let bars_ref: Vec<(&str, f64, f64)> =
         bars.iter().map(|(l, v, t)| (l.as_str(), *v, *t)).collect();
     std::fs::write(
         dir.join("proxy.svg"),
         svg_bars(
-            &format!("service proxy ({backend} iptables), 10 endpoints per service"),
+            &format!(
+                "service proxy, {} side by side ({backend} iptables), 10 endpoints per service",
+                names.join(" vs ")
+            ),
             &bars_ref,
         ),
     )?;
@@ -243,47 +265,137 @@ pub fn run(
     Ok(())
 }
 
-async fn measure(
-    c: &Cluster,
-    scales: &[usize],
-    changes: usize,
-    requests: usize,
-) -> Result<Vec<Value>> {
-    let client = client(&c.kubeconfig).await?;
-    let node = c.node_name(1);
-    let server = pinned_pod("server", &node, "proxy");
-    c.kubectl_in(&["apply", "-f", "-"], Some(&server.to_string()))?;
-    let mut pod_ip = String::new();
+/// The latency service: HTTP to netexec and iperf3's port, both through the ClusterIP.
+fn lat_service(name: &str) -> Service {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080},
+                           {"name": "iperf", "port": 5201, "targetPort": 5201}]}
+    }))
+    .unwrap_or_default()
+}
+
+fn lat_slice(service: &str, ip: Ipv4Addr) -> EndpointSlice {
+    serde_json::from_value(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("{service}-bench"),
+                     "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"},
+                  {"name": "iperf", "port": 5201, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [ip.to_string()], "conditions": {"ready": true}}],
+    }))
+    .unwrap_or_default()
+}
+
+/// What one node (one mode) measures with: its server pod, the latency service to it, and a
+/// worker in its client pod.
+struct Side {
+    node: usize,
+    server_ip: Ipv4Addr,
+    server_pid: String,
+    client_pid: String,
+    lat: Ipv4Addr,
+    jobs: mpsc::Sender<Job>,
+    answers: mpsc::Receiver<Answer>,
+}
+
+impl Side {
+    fn send(&self, job: Job) -> Result<()> {
+        self.jobs
+            .send(job)
+            .map_err(|_| anyhow!("the worker of node{} stopped", self.node))
+    }
+    fn recv(&self) -> Result<Answer> {
+        self.answers
+            .recv()
+            .map_err(|_| anyhow!("the worker of node{} stopped", self.node))
+    }
+}
+
+async fn pod_ip(c: &Cluster, pod: &str) -> Result<Ipv4Addr> {
     let t0 = Instant::now();
-    while pod_ip.is_empty() {
+    loop {
+        let ip = c.kubectl(&["get", "pod", pod, "-o", "jsonpath={.status.podIP}"])?;
+        let ready = c.kubectl(&[
+            "get",
+            "pod",
+            pod,
+            "-o",
+            "jsonpath={.status.containerStatuses[0].ready}",
+        ])?;
+        if !ip.is_empty() && ready == "true" {
+            return Ok(ip.parse()?);
+        }
         if t0.elapsed() > Duration::from_secs(120) {
-            bail!("the server pod got no IP within 120 s");
+            bail!("pod {pod} not ready within 120 s");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-        pod_ip = c.kubectl(&["get", "pod", "server", "-o", "jsonpath={.status.podIP}"])?;
     }
-    let pod_ip: Ipv4Addr = pod_ip.parse()?;
+}
+
+fn stats(v: &[f64]) -> Value {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    json!({"p50": percentile(&s, 0.5), "p99": percentile(&s, 0.99), "n": s.len()})
+}
+
+async fn measure(
+    c: &Cluster,
+    modes: &[ProxyMode],
+    scales: &[usize],
+    rounds: Rounds,
+) -> Result<Vec<Value>> {
+    let client = client(&c.kubeconfig).await?;
     let svcs: Api<Service> = Api::default_namespaced(client.clone());
     let slices: Api<EndpointSlice> = Api::default_namespaced(client.clone());
-    svcs.create(&PostParams::default(), &service("lat")).await?;
-    slices
-        .create(&PostParams::default(), &slice("lat", &[pod_ip]))
-        .await?;
-    let lat = SocketAddr::from((cluster_ip(&client, "lat").await?, 80));
-    let direct = SocketAddr::from((pod_ip, 8080));
-    let (jobs, answers) = node_worker(&c.node_ns(1))?;
-    let ask = |job: Job| -> Result<Answer> {
-        jobs.send(job)
-            .map_err(|_| anyhow!("the node worker stopped"))?;
-        answers
-            .recv()
-            .map_err(|_| anyhow!("the node worker stopped"))
-    };
-    let Answer::Open(first) = ask(Job::UntilOpen(lat, Duration::from_secs(60)))? else {
-        bail!("unexpected answer");
-    };
-    first.context("the latency service never carried traffic")?;
-    let log_path = c.log("node1");
+    let mut sides = Vec::new();
+    for (k, _) in modes.iter().enumerate() {
+        let i = k + 1;
+        let node = c.node_name(i);
+        for role in ["server", "client"] {
+            let pod = pinned_pod(&format!("{role}-{i}"), &node, "proxy");
+            c.kubectl_in(&["apply", "-f", "-"], Some(&pod.to_string()))?;
+        }
+    }
+    for (k, _) in modes.iter().enumerate() {
+        let i = k + 1;
+        let server_ip = pod_ip(c, &format!("server-{i}")).await?;
+        pod_ip(c, &format!("client-{i}")).await?;
+        let name = format!("lat-{i}");
+        svcs.create(&PostParams::default(), &lat_service(&name))
+            .await?;
+        slices
+            .create(&PostParams::default(), &lat_slice(&name, server_ip))
+            .await?;
+        let client_pid = container_pid(c, &format!("client-{i}"))?;
+        let (jobs, answers) = ns_worker(&format!("/proc/{client_pid}/ns/net"))?;
+        sides.push(Side {
+            node: i,
+            server_ip,
+            server_pid: container_pid(c, &format!("server-{i}"))?,
+            client_pid,
+            lat: cluster_ip(&client, &name).await?,
+            jobs,
+            answers,
+        });
+    }
+    for s in &sides {
+        s.send(Job::UntilOpen(
+            SocketAddr::from((s.lat, 80)),
+            Duration::from_secs(60),
+        ))?;
+        let Answer::Open(first) = s.recv()? else {
+            bail!("unexpected answer");
+        };
+        first.with_context(|| {
+            format!(
+                "the latency service of node{} never carried traffic",
+                s.node
+            )
+        })?;
+    }
+    let probe_backends: Vec<Ipv4Addr> = sides.iter().map(|s| s.server_ip).collect();
     let mut made = 0;
     let mut results = Vec::new();
     for &scale in scales {
@@ -293,57 +405,116 @@ async fn measure(
         made = made.max(scale);
         eprintln!("bench proxy: created in {:.1} s", t.elapsed().as_secs_f64());
         // Changes: services without endpoints first, then one EndpointSlice write at a time.
-        let probes: Vec<String> = (0..changes).map(|k| format!("chg-{scale}-{k}")).collect();
+        let probes: Vec<String> = (0..rounds.changes)
+            .map(|k| format!("chg-{scale}-{k}"))
+            .collect();
         for p in &probes {
             svcs.create(&PostParams::default(), &service(p)).await?;
         }
-        // Full syncs that cover every service of this scale.
-        let wanted = scale + changes + 1;
-        let t = Instant::now();
-        let mut full = Vec::new();
-        let seen_before = full_syncs(&std::fs::read_to_string(&log_path)?).len();
-        while full.len() < 3 {
-            if t.elapsed() > Duration::from_secs(180) {
-                bail!("fewer than 3 full syncs of {wanted} services within 180 s");
+        // Full syncs that cover every service of this scale, on every node.
+        let wanted = scale + rounds.changes + sides.len();
+        let mut full: Vec<Vec<f64>> = Vec::new();
+        for s in &sides {
+            let log_path = c.log(&format!("node{}", s.node));
+            let seen_before = full_syncs(&std::fs::read_to_string(&log_path)?).len();
+            let t = Instant::now();
+            let mut got = Vec::new();
+            while got.len() < 3 {
+                if t.elapsed() > Duration::from_secs(240) {
+                    bail!(
+                        "node{}: fewer than 3 full syncs of {wanted} services within 240 s",
+                        s.node
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                got = full_syncs(&std::fs::read_to_string(&log_path)?)
+                    .into_iter()
+                    .skip(seen_before)
+                    .filter(|(n, _)| *n >= wanted)
+                    .map(|(_, ms)| ms)
+                    .collect();
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            full = full_syncs(&std::fs::read_to_string(&log_path)?)
-                .into_iter()
-                .skip(seen_before)
-                .filter(|(n, _)| *n >= wanted)
-                .map(|(_, ms)| ms)
-                .collect();
+            full.push(got);
         }
-        let mut change_ms = Vec::new();
+        let mut change_ms = vec![Vec::new(); sides.len()];
         for p in &probes {
             let vip = SocketAddr::from((cluster_ip(&client, p).await?, 80));
             tokio::time::sleep(Duration::from_millis(200)).await;
             let t0 = Instant::now();
-            slices
-                .create(&PostParams::default(), &slice(p, &[pod_ip]))
-                .await?;
-            let Answer::Open(at) = ask(Job::UntilOpen(vip, Duration::from_secs(30)))? else {
-                bail!("unexpected answer");
-            };
-            change_ms.push(at?.duration_since(t0).as_secs_f64() * 1e3);
+            let mut slice = slice(p, &probe_backends);
+            if let Some(ports) = slice.ports.as_mut() {
+                ports.truncate(1);
+            }
+            slices.create(&PostParams::default(), &slice).await?;
+            // Every node polls at once: the same write, seen by each mode.
+            for s in &sides {
+                s.send(Job::UntilOpen(vip, Duration::from_secs(30)))?;
+            }
+            for (k, s) in sides.iter().enumerate() {
+                let Answer::Open(at) = s.recv()? else {
+                    bail!("unexpected answer");
+                };
+                change_ms[k].push(at?.duration_since(t0).as_secs_f64() * 1e3);
+            }
         }
-        let Answer::Latencies(lats) = ask(Job::Requests(vec![lat, direct], requests))? else {
-            bail!("unexpected answer");
-        };
-        let stats = |v: &[f64]| {
+        // Latency in interleaved rounds, so the machine's noise hits every mode alike.
+        let mut lat = vec![[Vec::new(), Vec::new()]; sides.len()];
+        let per_round = rounds.requests.div_ceil(5);
+        for _ in 0..5 {
+            for (k, s) in sides.iter().enumerate() {
+                s.send(Job::Requests(
+                    vec![
+                        SocketAddr::from((s.lat, 80)),
+                        SocketAddr::from((s.server_ip, 8080)),
+                    ],
+                    per_round,
+                ))?;
+                let Answer::Latencies(l) = s.recv()? else {
+                    bail!("unexpected answer");
+                };
+                for (which, v) in l.into_iter().enumerate().take(2) {
+                    lat[k][which].extend(v);
+                }
+            }
+        }
+        // Throughput, interleaved likewise: median of 3 per path.
+        let mut tput = vec![[Vec::new(), Vec::new()]; sides.len()];
+        if rounds.seconds > 0 {
+            let secs = rounds.seconds.to_string();
+            for _ in 0..3 {
+                for (k, s) in sides.iter().enumerate() {
+                    for (which, target) in [s.lat.to_string(), s.server_ip.to_string()]
+                        .iter()
+                        .enumerate()
+                    {
+                        let mut cl = crate::bench::in_netns_of(&s.client_pid, "iperf3");
+                        cl.args(["-c", target, "-p", "5201", "-t", &secs, "-J"]);
+                        let bps = crate::bench::iperf3_pair(
+                            crate::bench::in_netns_of(&s.server_pid, "iperf3"),
+                            cl,
+                        )?;
+                        tput[k][which].push(bps / 1e9);
+                    }
+                }
+            }
+        }
+        let median = |v: &[f64]| {
             let mut s = v.to_vec();
             s.sort_by(f64::total_cmp);
-            json!({"p50": percentile(&s, 0.5), "p99": percentile(&s, 0.99), "n": s.len()})
+            percentile(&s, 0.5)
         };
-        let change = stats(&change_ms);
-        let mut sorted_full = full.clone();
-        sorted_full.sort_by(f64::total_cmp);
-        results.push(json!({
-            "services": scale,
-            "full_sync_ms": {"median": percentile(&sorted_full, 0.5), "max": sorted_full.last(), "samples": full},
-            "change_ms": {"p50": change["p50"], "p99": change["p99"], "samples": change_ms},
-            "connect_ms": {"cluster_ip": stats(&lats[0]), "pod_ip": stats(&lats[1])},
-        }));
+        let mut row = json!({"services": scale});
+        for (k, m) in modes.iter().enumerate() {
+            row[m.as_str()] = json!({
+                "full_sync_ms": {"median": median(&full[k]), "samples": full[k]},
+                "change_ms": {"p50": stats(&change_ms[k])["p50"], "p99": stats(&change_ms[k])["p99"],
+                              "samples": change_ms[k]},
+                "connect_ms": {"cluster_ip": stats(&lat[k][0]), "pod_ip": stats(&lat[k][1])},
+                "throughput_gbps": {"cluster_ip": median(&tput[k][0]), "pod_ip": median(&tput[k][1]),
+                                    "samples": {"cluster_ip": tput[k][0], "pod_ip": tput[k][1]}},
+            });
+        }
+        results.push(row);
     }
     Ok(results)
 }

@@ -15,6 +15,15 @@ pub enum ProxyMode {
     Ebpf,
 }
 
+impl ProxyMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Iptables => "iptables",
+            Self::Ebpf => "ebpf",
+        }
+    }
+}
+
 #[derive(Subcommand)]
 pub enum Action {
     /// Builds (release), then starts a controlplane and one agent per node; prints KUBECONFIG=<path>.
@@ -69,20 +78,25 @@ pub fn run(action: Action) -> Result<()> {
 
 /// Installs what is missing, builds release binaries and images, and brings the cluster up.
 pub fn up(name: &str, nodes: usize, mode: ProxyMode) -> Result<Cluster> {
-    up_with(name, nodes, mode, &[])
+    up_with(name, &vec![mode; nodes], &[])
 }
 
 /// A cluster for the demo and the benchmarks: one left by an earlier run under the same name
 /// is removed first.
 pub fn fresh(name: &str, nodes: usize, mode: ProxyMode, agent_flags: &[&str]) -> Result<Cluster> {
+    fresh_modes(name, &vec![mode; nodes], agent_flags)
+}
+
+/// As `fresh`, one node per entry of `modes`, each running its proxy mode.
+pub fn fresh_modes(name: &str, modes: &[ProxyMode], agent_flags: &[&str]) -> Result<Cluster> {
     if state_dir(name).join("cluster.json").exists() {
         eprintln!("removing the previous cluster {name}");
         skiff_e2e::cluster::down(&state_dir(name))?;
     }
-    up_with(name, nodes, mode, agent_flags)
+    up_with(name, modes, agent_flags)
 }
 
-fn up_with(name: &str, nodes: usize, mode: ProxyMode, agent_flags: &[&str]) -> Result<Cluster> {
+fn up_with(name: &str, modes: &[ProxyMode], agent_flags: &[&str]) -> Result<Cluster> {
     crate::setup::run()?;
     sh(cargo().args([
         "build",
@@ -93,14 +107,11 @@ fn up_with(name: &str, nodes: usize, mode: ProxyMode, agent_flags: &[&str]) -> R
         "skiff-agent",
     ]))?;
     crate::image::run(true)?;
-    let mode = match mode {
-        ProxyMode::Iptables => "iptables",
-        ProxyMode::Ebpf => "ebpf",
-    };
+    let mode: Vec<&str> = modes.iter().map(|m| m.as_str()).collect();
     Cluster::up(Spec {
         name: name.to_owned(),
-        nodes,
-        proxy_mode: mode.to_owned(),
+        nodes: modes.len(),
+        proxy_mode: mode.join(","),
         bin_dir: root().join("target/release"),
         state_dir: state_dir(name),
         controlplane_flags: Vec::new(),
