@@ -10,6 +10,12 @@ use skiff_agent::pods::docker::Runtime;
 use skiff_agent::{client, dns, kubelet, network, proxy};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
+enum LbAlgorithm {
+    Random,
+    Maglev,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
 enum ProxyMode {
     Iptables,
     Ebpf,
@@ -74,6 +80,10 @@ struct Args {
     /// eBPF mode: most tracked connection directions (least recently used go first).
     #[arg(long, value_name = "N", default_value_t = 524_288)]
     bpf_conntrack_max: u32,
+    /// eBPF mode: how a new connection picks its backend (maglev: the same backend for the
+    /// same connection on every node, few connections moved by a backend change).
+    #[arg(long, value_enum, default_value = "random")]
+    bpf_lb_algorithm: LbAlgorithm,
     /// Address of the Prometheus metrics endpoint (/metrics, plain HTTP; "" for none).
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:10249")]
     metrics_bind_address: String,
@@ -379,7 +389,14 @@ async fn main() -> ExitCode {
             node: args.node_name.clone(),
             cluster_cidr: net.cluster.cluster_cidr,
             mode: match &datapath {
-                Some(dp) => proxy::Mode::Ebpf(Arc::clone(dp), vec![uplink_addr]),
+                Some(dp) => proxy::Mode::Ebpf(
+                    Arc::clone(dp),
+                    vec![uplink_addr],
+                    match args.bpf_lb_algorithm {
+                        LbAlgorithm::Random => proxy::ebpf::proxier::Algorithm::Random,
+                        LbAlgorithm::Maglev => proxy::ebpf::proxier::Algorithm::Maglev,
+                    },
+                ),
                 None => proxy::Mode::Iptables(ipt),
             },
             min_sync: args.proxy_min_sync_period,

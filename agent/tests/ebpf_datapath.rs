@@ -271,8 +271,10 @@ fn the_service_model_programs_the_maps() {
         let mut dp = Datapath::load(&pins, Sizes::default()).unwrap();
         dp.attach("h0").unwrap();
         dp.attach("hb0").unwrap();
-        let mut p =
-            Proxier::new(std::sync::Arc::new(std::sync::Mutex::new(dp)), Vec::new()).unwrap();
+        // Maglev here; the other test covers random selection.
+        let mut p = Proxier::new(std::sync::Arc::new(std::sync::Mutex::new(dp)), Vec::new())
+            .unwrap()
+            .with_algorithm(skiff_agent::proxy::ebpf::proxier::Algorithm::Maglev);
         let (stats, _) = p.sync(changes).unwrap();
         assert_eq!(stats.frontends_written, 2);
         p

@@ -38,9 +38,13 @@ pub enum ProxyError {
 /// Which dataplane renders the model.
 pub enum Mode {
     Iptables(Iptables),
-    /// The eBPF datapath (loaded and attached by the caller) and the node's addresses, where
-    /// NodePorts are served.
-    Ebpf(ebpf::proxier::Shared, Vec<Ipv4Addr>),
+    /// The eBPF datapath (loaded and attached by the caller), the node's addresses, where
+    /// NodePorts are served, and how backends are picked.
+    Ebpf(
+        ebpf::proxier::Shared,
+        Vec<Ipv4Addr>,
+        ebpf::proxier::Algorithm,
+    ),
 }
 
 /// The model's renderer for the chosen mode.
@@ -133,9 +137,11 @@ pub async fn run(
             ensure_bridge_netfilter()?;
             Dataplane::Iptables(iptables::Proxier::new(ipt, cfg.cluster_cidr))
         }
-        Mode::Ebpf(dp, addrs) => {
-            Dataplane::Ebpf(ebpf::proxier::Proxier::new(dp, addrs).map_err(ProxyError::Ebpf)?)
-        }
+        Mode::Ebpf(dp, addrs, algorithm) => Dataplane::Ebpf(
+            ebpf::proxier::Proxier::new(dp, addrs)
+                .map_err(ProxyError::Ebpf)?
+                .with_algorithm(algorithm),
+        ),
     };
     let services = watcher(
         Api::<Service>::all(client.clone()),

@@ -33,6 +33,38 @@ pub struct ServiceKey {
 pub const SVC_SNAT: u16 = 1;
 /// sessionAffinity ClientIP.
 pub const SVC_AFFINITY: u16 = 2;
+/// Pick backends by the set's Maglev table (a hash of the 5-tuple) instead of at random: every
+/// node picks the same backend for the same connection, and a backend change moves few others.
+pub const SVC_MAGLEV: u16 = 4;
+
+/// Entries of a Maglev table (a prime well above the backend count of a service).
+pub const MAGLEV_M: usize = 1021;
+
+/// A backend set's Maglev lookup table: entry `hash % MAGLEV_M` is the backend slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaglevTable {
+    pub slots: [u16; MAGLEV_M],
+    /// MAGLEV_M, read by the datapath rather than taken as a constant: a constant modulus
+    /// compiles to a multiply-shift the verifier cannot bound.
+    pub len: u16,
+}
+
+/// The 5-tuple hash both the datapath and tests use (a 32-bit finaliser over the fields, so it
+/// is the same on every node).
+pub fn tuple_hash(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> u32 {
+    fn mix(mut x: u32) -> u32 {
+        x ^= x >> 16;
+        x = x.wrapping_mul(0x7feb_352d);
+        x ^= x >> 15;
+        x = x.wrapping_mul(0x846c_a68b);
+        x ^ (x >> 16)
+    }
+    let mut h = mix(saddr ^ 0x9e37_79b9);
+    h = mix(h ^ daddr);
+    h = mix(h ^ ((u32::from(sport) << 16) | u32::from(dport)));
+    mix(h ^ u32::from(proto))
+}
 
 /// What a frontend leads to: `count` backends in slots `0..count` of service `id`.
 #[repr(C)]
@@ -176,4 +208,6 @@ mod user {
     unsafe impl aya::Pod for super::AffinityValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::NodeConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::MaglevTable {}
 }

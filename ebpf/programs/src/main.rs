@@ -31,10 +31,10 @@ use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray};
 use aya_ebpf::programs::{SockAddrContext, TcContext};
 use skiff_ebpf_common::{
     AffinityKey, AffinityValue, Backend, BackendKey, CT_BOUNCE, CT_FIB, CT_NAT_DST, CT_NAT_SRC,
-    CT_REPLY, CtKey, CtValue, HAIRPIN_ADDR, NodeConfig, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL,
-    SCOPE_INTERNAL, STAT_DROP_ERROR, STAT_DROP_NO_BACKEND, STAT_FIB_MISS, STAT_NO_ENDPOINTS,
-    STAT_REPLIES, STAT_SLOTS, STAT_SOCK_TRANSLATED, STAT_TRANSLATED, SVC_AFFINITY, SVC_SNAT,
-    ServiceKey, ServiceValue,
+    CT_REPLY, CtKey, CtValue, HAIRPIN_ADDR, MaglevTable, NodeConfig, PROTO_TCP, PROTO_UDP,
+    SCOPE_EXTERNAL, SCOPE_INTERNAL, STAT_DROP_ERROR, STAT_DROP_NO_BACKEND, STAT_FIB_MISS,
+    STAT_NO_ENDPOINTS, STAT_REPLIES, STAT_SLOTS, STAT_SOCK_TRANSLATED, STAT_TRANSLATED,
+    SVC_AFFINITY, SVC_MAGLEV, SVC_SNAT, ServiceKey, ServiceValue, tuple_hash,
 };
 
 /// Sizes are defaults; the agent sets them at load time.
@@ -46,6 +46,9 @@ static BACKENDS: HashMap<BackendKey, Backend> = HashMap::pinned(262_144, 0);
 static CT: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(524_288, 0);
 #[map]
 static AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(65_536, 0);
+/// Allocated as sets get tables (BPF_F_NO_PREALLOC): a table is 2 KiB.
+#[map]
+static MAGLEV: HashMap<u32, MaglevTable> = HashMap::pinned(65_536, 1);
 #[map]
 static CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
 #[map]
@@ -214,8 +217,16 @@ fn apply(ctx: &TcContext, p: &Packet, v: &CtValue) -> Result<i32, i64> {
     }
     if v.flags & CT_FIB != 0 {
         let (saddr, daddr) = (
-            if v.flags & CT_NAT_SRC != 0 { v.saddr } else { p.saddr },
-            if v.flags & CT_NAT_DST != 0 { v.daddr } else { p.daddr },
+            if v.flags & CT_NAT_SRC != 0 {
+                v.saddr
+            } else {
+                p.saddr
+            },
+            if v.flags & CT_NAT_DST != 0 {
+                v.daddr
+            } else {
+                p.daddr
+            },
         );
         return Ok(fib_forward(ctx, p.proto, saddr, daddr));
     }
@@ -273,14 +284,12 @@ fn fib_forward(ctx: &TcContext, proto: u8, saddr: u32, daddr: u32) -> i32 {
 }
 
 /// Picks the backend of a new connection from `client`: the one its affinity holds while that
-/// is still a backend, or one at random.
+/// is still a backend, else by the set's Maglev table for the connection's hash (when the
+/// service uses Maglev and there is a hash: sockets have no source port yet), else at random.
 #[inline(always)]
-fn select(svc: &ServiceValue, client: u32) -> Option<Backend> {
+fn select(svc: &ServiceValue, client: u32, hash: Option<u32>) -> Option<Backend> {
     let count = u32::from(svc.count);
-    let akey = AffinityKey {
-        id: svc.id,
-        client,
-    };
+    let akey = AffinityKey { id: svc.id, client };
     let affinity = svc.flags & SVC_AFFINITY != 0;
     let t = now();
     if affinity {
@@ -297,7 +306,17 @@ fn select(svc: &ServiceValue, client: u32) -> Option<Backend> {
             return Some(a.backend);
         }
     }
-    let slot = random() % count;
+    let mut slot = random() % count;
+    if svc.flags & SVC_MAGLEV != 0
+        && let Some(h) = hash
+        // SAFETY: as above.
+        && let Some(t) = unsafe { MAGLEV.get(svc.id) }
+        && t.len != 0
+        && let Some(s) = t.slots.get((h % u32::from(t.len)) as usize)
+        && u32::from(*s) < count
+    {
+        slot = u32::from(*s);
+    }
     // SAFETY: as above.
     let b = unsafe { BACKENDS.get(BackendKey { id: svc.id, slot }) }.copied()?;
     if affinity {
@@ -366,7 +385,8 @@ fn translate(ctx: &TcContext, scope: u8) -> Result<i32, i64> {
         count(STAT_NO_ENDPOINTS);
         return Ok(TC_ACT_OK);
     }
-    let Some(b) = select(&svc, p.saddr) else {
+    let hash = tuple_hash(p.saddr, p.daddr, p.sport, p.dport, p.proto);
+    let Some(b) = select(&svc, p.saddr, Some(hash)) else {
         count(STAT_DROP_NO_BACKEND);
         return Ok(TC_ACT_SHOT);
     };
@@ -509,7 +529,7 @@ fn connect4(ctx: &SockAddrContext) {
         count(STAT_NO_ENDPOINTS);
         return;
     }
-    let Some(b) = select(&svc, cfg.node_addr) else {
+    let Some(b) = select(&svc, cfg.node_addr, None) else {
         return;
     };
     // SAFETY: as above; both fields are writable for connect4.

@@ -5,6 +5,7 @@
 //! agent reopens the pinned maps (connections keep their tracked backends) and replaces the
 //! programs in the pinned links atomically: the datapath never stops.
 
+pub mod maglev;
 pub mod proxier;
 
 use std::net::Ipv4Addr;
@@ -15,7 +16,8 @@ use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType};
 use skiff_ebpf_common::{
-    Backend, BackendKey, CT_NAT_DST, CT_REPLY, CtKey, CtValue, NodeConfig, ServiceKey, ServiceValue,
+    Backend, BackendKey, CT_NAT_DST, CT_REPLY, CtKey, CtValue, MAGLEV_M, MaglevTable, NodeConfig,
+    ServiceKey, ServiceValue,
 };
 
 /// The datapath object; the agent builds on stable because it is committed.
@@ -209,6 +211,7 @@ impl Datapath {
             .map_max_entries("BACKENDS", sizes.backends)
             .map_max_entries("CT", sizes.conntrack)
             .map_max_entries("AFFINITY", sizes.affinity)
+            .map_max_entries("MAGLEV", sizes.services)
             .load(OBJECT)?;
         for name in [FROM_POD, TO_POD, FROM_WORLD] {
             classifier(&mut bpf, name)?
@@ -402,6 +405,12 @@ impl Datapath {
         flags: u16,
         affinity_timeout: u32,
     ) -> Result<(), EbpfError> {
+        self.set_backends(id, backends)?;
+        self.put_frontend(frontend, id, backends.len(), flags, affinity_timeout)
+    }
+
+    /// Writes backend slots `0..n` of `id`.
+    pub fn set_backends(&mut self, id: u32, backends: &[(Ipv4Addr, u16)]) -> Result<(), EbpfError> {
         let mut map = self.backends()?;
         for (slot, (ip, port)) in backends.iter().enumerate() {
             let key = BackendKey {
@@ -416,10 +425,21 @@ impl Datapath {
             map.insert(key, value, 0)
                 .map_err(|e| EbpfError::Map("BACKENDS", e))?;
         }
-        let count = u16::try_from(backends.len()).unwrap_or(u16::MAX);
+        Ok(())
+    }
+
+    /// Points a frontend at the first `count` slots of `id`.
+    pub fn put_frontend(
+        &mut self,
+        frontend: ServiceKey,
+        id: u32,
+        count: usize,
+        flags: u16,
+        affinity_timeout: u32,
+    ) -> Result<(), EbpfError> {
         let value = ServiceValue {
             id,
-            count,
+            count: u16::try_from(count).unwrap_or(u16::MAX),
             flags,
             affinity_timeout,
             _pad: 0,
@@ -427,6 +447,22 @@ impl Datapath {
         self.services()?
             .insert(frontend, value, 0)
             .map_err(|e| EbpfError::Map("SERVICES", e))
+    }
+
+    /// Writes the Maglev table of set `id` (none: removes it).
+    pub fn set_maglev(&mut self, id: u32, table: &[u16]) -> Result<(), EbpfError> {
+        let mut map: BpfHashMap<&mut MapData, u32, MaglevTable> = self.hash_map("MAGLEV")?;
+        if table.len() != MAGLEV_M {
+            let _ = map.remove(&id);
+            return Ok(());
+        }
+        let mut t = MaglevTable {
+            slots: [0; MAGLEV_M],
+            len: MAGLEV_M as u16,
+        };
+        t.slots.copy_from_slice(table);
+        map.insert(id, t, 0)
+            .map_err(|e| EbpfError::Map("MAGLEV", e))
     }
 
     /// Removes a frontend, then the backend slots `0..slots` of its id.

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 
 use skiff_ebpf_common::{
-    PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_AFFINITY, SVC_SNAT,
+    PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_AFFINITY, SVC_MAGLEV, SVC_SNAT,
     ServiceKey as Frontend,
 };
 
@@ -51,8 +51,18 @@ pub struct SyncStats {
 /// The datapath, shared with whoever attaches it to new pod interfaces.
 pub type Shared = std::sync::Arc<std::sync::Mutex<Datapath>>;
 
+/// How a new connection picks its backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Algorithm {
+    #[default]
+    Random,
+    /// Consistent hashing of the 5-tuple over a Maglev table per backend set.
+    Maglev,
+}
+
 pub struct Proxier {
     dp: Shared,
+    algorithm: Algorithm,
     /// The node's addresses, where NodePorts are served.
     node_addrs: Vec<Ipv4Addr>,
     programmed: BTreeMap<ServiceKey, BTreeMap<String, Programmed>>,
@@ -162,6 +172,7 @@ impl Proxier {
         let next = adopted.values().map(|(id, _)| id + 1).max().unwrap_or(1);
         Ok(Self {
             dp,
+            algorithm: Algorithm::Random,
             node_addrs,
             programmed: BTreeMap::new(),
             ports: BTreeMap::new(),
@@ -171,6 +182,11 @@ impl Proxier {
             next,
             adopted,
         })
+    }
+
+    pub fn with_algorithm(mut self, algorithm: Algorithm) -> Self {
+        self.algorithm = algorithm;
+        self
     }
 
     pub fn datapath(&self) -> &Shared {
@@ -241,13 +257,22 @@ impl Proxier {
                     let id = self.id_for(&name, hint);
                     prog.sets.insert(name, Set { id, backends });
                 }
+                // Slots, then the table over them, then the frontends that count them.
+                let maglev = self.algorithm == Algorithm::Maglev;
+                for set in prog.sets.values() {
+                    dp.set_backends(set.id, &set.backends)?;
+                    if maglev {
+                        dp.set_maglev(set.id, &super::maglev::table(&set.backends))?;
+                    }
+                }
                 for w in &wanted {
                     let set = &prog.sets[&w.set];
-                    dp.set_frontend(
+                    let flags = w.flags | if maglev { SVC_MAGLEV } else { 0 };
+                    dp.put_frontend(
                         w.frontend,
                         set.id,
-                        &set.backends,
-                        w.flags,
+                        set.backends.len(),
+                        flags,
                         sp.affinity_timeout.unwrap_or(0),
                     )?;
                     stats.frontends_written += 1;
@@ -316,6 +341,7 @@ impl Proxier {
             }
             for (id, count) in left {
                 dp.trim_backends(id, 0, u32::from(count))?;
+                dp.set_maglev(id, &[])?;
                 self.free.push(id);
             }
         }
@@ -348,6 +374,7 @@ impl Proxier {
                 continue;
             }
             dp.trim_backends(set.id, 0, set.backends.len() as u32)?;
+            dp.set_maglev(set.id, &[])?;
             if protocol == Protocol::Udp {
                 gone.extend(
                     set.backends
@@ -358,5 +385,102 @@ impl Proxier {
             self.release(name);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port(external_local: bool) -> ServicePort {
+        let ep = |i: u8, local: bool| Endpoint {
+            ip: Ipv4Addr::new(10, 244, 1, i),
+            port: 8080,
+            ready: true,
+            serving: true,
+            terminating: false,
+            local,
+        };
+        ServicePort {
+            service: ServiceKey {
+                namespace: "default".into(),
+                name: "web".into(),
+            },
+            name: "http".into(),
+            protocol: Protocol::Tcp,
+            cluster_ip: Some(Ipv4Addr::new(10, 96, 0, 20)),
+            port: 80,
+            node_port: Some(30080),
+            external_ips: vec![Ipv4Addr::new(192, 0, 2, 7)],
+            affinity_timeout: Some(30),
+            external_local,
+            internal_local: false,
+            health_check_node_port: None,
+            endpoints: vec![ep(2, true), ep(3, false)],
+        }
+    }
+
+    fn find(w: &[Wanted], ip: [u8; 4], port: u16, scope: u8) -> &Wanted {
+        let key = Frontend {
+            addr: wire_addr(Ipv4Addr::from(ip)),
+            port: wire_port(port),
+            proto: PROTO_TCP,
+            scope,
+        };
+        w.iter()
+            .find(|w| w.frontend == key)
+            .unwrap_or_else(|| panic!("no frontend {ip:?}:{port} scope {scope}"))
+    }
+
+    #[test]
+    fn cluster_policy_masquerades_external_traffic_only() {
+        let node = Ipv4Addr::new(10, 213, 0, 11);
+        let (w, sets) = desired(&port(false), &[node]).expect("proxied");
+        assert_eq!(
+            w.len(),
+            5,
+            "ClusterIP, then external IP and NodePort in both scopes"
+        );
+        assert_eq!(sets.len(), 1);
+        let vip = find(&w, [10, 96, 0, 20], 80, SCOPE_INTERNAL);
+        assert_eq!(vip.flags, SVC_AFFINITY);
+        let np_in = find(&w, [10, 213, 0, 11], 30080, SCOPE_INTERNAL);
+        assert_eq!(
+            np_in.flags & SVC_SNAT,
+            0,
+            "in-cluster traffic keeps its source"
+        );
+        let np_ext = find(&w, [10, 213, 0, 11], 30080, SCOPE_EXTERNAL);
+        assert_ne!(np_ext.flags & SVC_SNAT, 0);
+        assert_eq!(np_ext.set, vip.set, "Cluster policy: every endpoint");
+        let eip = find(&w, [192, 0, 2, 7], 80, SCOPE_EXTERNAL);
+        assert_ne!(eip.flags & SVC_SNAT, 0);
+    }
+
+    #[test]
+    fn local_policy_keeps_the_source_and_only_local_endpoints() {
+        let (w, sets) = desired(&port(true), &[Ipv4Addr::new(10, 213, 0, 11)]).expect("proxied");
+        let np_ext = find(&w, [10, 213, 0, 11], 30080, SCOPE_EXTERNAL);
+        assert_eq!(np_ext.flags & SVC_SNAT, 0);
+        assert_eq!(
+            sets[&np_ext.set],
+            vec![(Ipv4Addr::new(10, 244, 1, 2), 8080)]
+        );
+        let np_in = find(&w, [10, 213, 0, 11], 30080, SCOPE_INTERNAL);
+        assert_eq!(
+            sets[&np_in.set].len(),
+            2,
+            "in-cluster traffic reaches every endpoint"
+        );
+    }
+
+    #[test]
+    fn headless_and_sctp_ports_are_not_programmed() {
+        let mut p = port(false);
+        p.cluster_ip = None;
+        assert!(desired(&p, &[]).is_none());
+        let mut p = port(false);
+        p.protocol = Protocol::Sctp;
+        assert!(desired(&p, &[]).is_none());
     }
 }
