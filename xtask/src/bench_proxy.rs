@@ -23,6 +23,8 @@ use crate::cluster::ProxyMode;
 const ENDPOINTS: usize = 10;
 /// Full syncs are timed as the agent runs them periodically.
 const SYNC_PERIOD: &str = "6s";
+/// How long a node may take to make 3 full syncs of every service of a scale.
+const FULL_SYNC_WAIT: Duration = Duration::from_secs(300);
 
 /// Jobs for a thread living in the node's network namespace.
 enum Job {
@@ -411,21 +413,17 @@ async fn measure(
         for p in &probes {
             svcs.create(&PostParams::default(), &service(p)).await?;
         }
-        // Full syncs that cover every service of this scale, on every node.
+        // Full syncs that cover every service of this scale, on every node. A node that does
+        // not get there in time is recorded as such (iptables at 30,000 services here) and
+        // left out of the change timing.
         let wanted = scale + rounds.changes + sides.len();
-        let mut full: Vec<Vec<f64>> = Vec::new();
+        let mut full: Vec<Option<Vec<f64>>> = Vec::new();
         for s in &sides {
             let log_path = c.log(&format!("node{}", s.node));
             let seen_before = full_syncs(&std::fs::read_to_string(&log_path)?).len();
             let t = Instant::now();
             let mut got = Vec::new();
-            while got.len() < 3 {
-                if t.elapsed() > Duration::from_secs(240) {
-                    bail!(
-                        "node{}: fewer than 3 full syncs of {wanted} services within 240 s",
-                        s.node
-                    );
-                }
+            while got.len() < 3 && t.elapsed() < FULL_SYNC_WAIT {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 got = full_syncs(&std::fs::read_to_string(&log_path)?)
                     .into_iter()
@@ -434,7 +432,16 @@ async fn measure(
                     .map(|(_, ms)| ms)
                     .collect();
             }
-            full.push(got);
+            if got.len() < 3 {
+                eprintln!(
+                    "bench proxy: node{} made {} full syncs of {wanted} services in {FULL_SYNC_WAIT:?}",
+                    s.node,
+                    got.len()
+                );
+                full.push(None);
+            } else {
+                full.push(Some(got));
+            }
         }
         let mut change_ms = vec![Vec::new(); sides.len()];
         for p in &probes {
@@ -446,11 +453,16 @@ async fn measure(
                 ports.truncate(1);
             }
             slices.create(&PostParams::default(), &slice).await?;
-            // Every node polls at once: the same write, seen by each mode.
-            for s in &sides {
-                s.send(Job::UntilOpen(vip, Duration::from_secs(30)))?;
+            // Every converged node polls at once: the same write, seen by each mode.
+            for (k, s) in sides.iter().enumerate() {
+                if full[k].is_some() {
+                    s.send(Job::UntilOpen(vip, Duration::from_secs(30)))?;
+                }
             }
             for (k, s) in sides.iter().enumerate() {
+                if full[k].is_none() {
+                    continue;
+                }
                 let Answer::Open(at) = s.recv()? else {
                     bail!("unexpected answer");
                 };
@@ -506,7 +518,8 @@ async fn measure(
         let mut row = json!({"services": scale});
         for (k, m) in modes.iter().enumerate() {
             row[m.as_str()] = json!({
-                "full_sync_ms": {"median": median(&full[k]), "samples": full[k]},
+                "converged": full[k].is_some(),
+                "full_sync_ms": {"median": full[k].as_deref().map(median), "samples": full[k]},
                 "change_ms": {"p50": stats(&change_ms[k])["p50"], "p99": stats(&change_ms[k])["p99"],
                               "samples": change_ms[k]},
                 "connect_ms": {"cluster_ip": stats(&lat[k][0]), "pod_ip": stats(&lat[k][1])},
@@ -515,6 +528,11 @@ async fn measure(
             });
         }
         results.push(row);
+        // Kept as it goes: a later, larger scale may not finish.
+        std::fs::write(
+            out_dir()?.join("proxy.partial.json"),
+            serde_json::to_string_pretty(&results)?,
+        )?;
     }
     Ok(results)
 }
