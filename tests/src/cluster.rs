@@ -625,8 +625,14 @@ fn bpf_dir(cluster: &str) -> PathBuf {
     Path::new(BPF_ROOT).join(cluster)
 }
 
-/// Mounts the bpf filesystem at BPF_ROOT unless one is there.
+/// Mounts the bpf filesystem at BPF_ROOT unless one is there. Serialised: two clusters
+/// coming up at once (tests run in parallel) must not stack two mounts, which would hide the
+/// first one's pins.
 fn ensure_bpffs() -> Result<()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _held = LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mounts = std::fs::read_to_string("/proc/self/mounts")?;
     if mounts.lines().any(|l| {
         let mut f = l.split_whitespace();
