@@ -61,32 +61,38 @@ struct Summary {
     removed: usize,
 }
 
+impl From<iptables::SyncStats> for Summary {
+    fn from(s: iptables::SyncStats) -> Self {
+        Self {
+            full: s.full,
+            services: s.services,
+            written: s.chains_written,
+            removed: s.chains_deleted,
+        }
+    }
+}
+
+impl From<ebpf::proxier::SyncStats> for Summary {
+    fn from(s: ebpf::proxier::SyncStats) -> Self {
+        Self {
+            full: s.full,
+            services: s.services,
+            written: s.frontends_written,
+            removed: s.frontends_removed,
+        }
+    }
+}
+
 impl Dataplane {
     fn sync(&mut self, changes: model::Changes) -> Result<(Summary, iptables::Previous), String> {
         match self {
             Self::Iptables(p) => p
                 .sync(changes)
-                .map(|(s, prev)| {
-                    let summary = Summary {
-                        full: s.full,
-                        services: s.services,
-                        written: s.chains_written,
-                        removed: s.chains_deleted,
-                    };
-                    (summary, prev)
-                })
+                .map(|(s, prev)| (s.into(), prev))
                 .map_err(|e| e.to_string()),
             Self::Ebpf(p) => p
                 .sync(changes)
-                .map(|(s, prev)| {
-                    let summary = Summary {
-                        full: s.full,
-                        services: s.services,
-                        written: s.frontends_written,
-                        removed: s.frontends_removed,
-                    };
-                    (summary, prev)
-                })
+                .map(|(s, prev)| (s.into(), prev))
                 .map_err(|e| e.to_string()),
         }
     }

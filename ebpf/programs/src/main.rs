@@ -287,11 +287,10 @@ fn fib_forward(ctx: &TcContext, proto: u8, saddr: u32, daddr: u32) -> i32 {
 /// is still a backend, else by the set's Maglev table for the connection's hash (when the
 /// service uses Maglev and there is a hash: sockets have no source port yet), else at random.
 #[inline(always)]
-fn select(svc: &ServiceValue, client: u32, hash: Option<u32>) -> Option<Backend> {
+fn select(svc: &ServiceValue, client: u32, hash: Option<u32>, t: u64) -> Option<Backend> {
     let count = u32::from(svc.count);
     let akey = AffinityKey { id: svc.id, client };
     let affinity = svc.flags & SVC_AFFINITY != 0;
-    let t = now();
     if affinity {
         // SAFETY: the value is copied out at once; a concurrent update at worst gives a stale
         // copy.
@@ -386,7 +385,8 @@ fn translate(ctx: &TcContext, scope: u8) -> Result<i32, i64> {
         return Ok(TC_ACT_OK);
     }
     let hash = tuple_hash(p.saddr, p.daddr, p.sport, p.dport, p.proto);
-    let Some(b) = select(&svc, p.saddr, Some(hash)) else {
+    let created = now();
+    let Some(b) = select(&svc, p.saddr, Some(hash), created) else {
         count(STAT_DROP_NO_BACKEND);
         return Ok(TC_ACT_SHOT);
     };
@@ -423,7 +423,6 @@ fn translate(ctx: &TcContext, scope: u8) -> Result<i32, i64> {
     } else {
         0
     };
-    let created = now();
     let forward = CtValue {
         saddr: reply.daddr,
         daddr: b.addr,
@@ -529,7 +528,7 @@ fn connect4(ctx: &SockAddrContext) {
         count(STAT_NO_ENDPOINTS);
         return;
     }
-    let Some(b) = select(&svc, cfg.node_addr, None) else {
+    let Some(b) = select(&svc, cfg.node_addr, None, now()) else {
         return;
     };
     // SAFETY: as above; both fields are writable for connect4.

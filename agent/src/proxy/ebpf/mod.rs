@@ -112,14 +112,18 @@ fn ensure_bpffs(pins: &Path) -> Result<(), EbpfError> {
         return Err(EbpfError::NotBpffs(pins.to_owned()));
     }
     std::fs::create_dir_all(BPFFS)?;
+    mount("bpf", Path::new(BPFFS)).map_err(EbpfError::Mount)
+}
+
+/// Mounts a fresh instance of the filesystem `kind` on `dir`.
+fn mount(kind: &str, dir: &Path) -> Result<(), nix::Error> {
     nix::mount::mount(
-        Some("bpf"),
-        BPFFS,
-        Some("bpf"),
+        Some(kind),
+        dir,
+        Some(kind),
         nix::mount::MsFlags::empty(),
         None::<&str>,
     )
-    .map_err(EbpfError::Mount)
 }
 
 /// `a.b.c.d` as it sits in a packet.
@@ -132,13 +136,7 @@ pub fn wire_port(port: u16) -> u16 {
 }
 
 fn sock_program(bpf: &mut aya::Ebpf) -> Result<&mut CgroupSockAddr, EbpfError> {
-    bpf.program_mut(CONNECT4)
-        .ok_or(EbpfError::Program(
-            CONNECT4,
-            aya::programs::ProgramError::NotLoaded,
-        ))?
-        .try_into()
-        .map_err(|e| EbpfError::Program(CONNECT4, e))
+    program(bpf, CONNECT4)
 }
 
 /// This thread's network namespace, as the kernel's socket programs name it.
@@ -175,14 +173,7 @@ fn cgroup2_root() -> Result<PathBuf, EbpfError> {
     }
     let dir = PathBuf::from("/run/skiff/cgroup2");
     std::fs::create_dir_all(&dir)?;
-    nix::mount::mount(
-        Some("none"),
-        &dir,
-        Some("cgroup2"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .map_err(|e| EbpfError::Cgroup(e.to_string()))?;
+    mount("cgroup2", &dir).map_err(|e| EbpfError::Cgroup(e.to_string()))?;
     Ok(dir)
 }
 
@@ -191,6 +182,14 @@ fn classifier<'a>(
     bpf: &'a mut aya::Ebpf,
     name: &'static str,
 ) -> Result<&'a mut SchedClassifier, EbpfError> {
+    program(bpf, name)
+}
+
+/// One of the object's programs, as its kind.
+fn program<'a, T>(bpf: &'a mut aya::Ebpf, name: &'static str) -> Result<&'a mut T, EbpfError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
     bpf.program_mut(name)
         .ok_or(EbpfError::Program(
             name,
