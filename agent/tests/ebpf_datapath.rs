@@ -262,6 +262,23 @@ fn the_service_model_programs_the_maps() {
                       {"name": "udp", "port": 8081, "protocol": "UDP"}]}))
         .unwrap()
     };
+    // The router's own forwarding refuses what the backend did not send: the client's packets
+    // get through only because the datapath routes them to the pod network itself.
+    for rule in [
+        &["-P", "FORWARD", "DROP"][..],
+        &["-A", "FORWARD", "-i", "hb0", "-j", "ACCEPT"],
+    ] {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &h, "iptables"])
+            .args(rule)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let pins = net.pins.clone();
     let mut model = Model::new("n1");
     model.upsert_service(svc.clone());
@@ -272,9 +289,14 @@ fn the_service_model_programs_the_maps() {
         dp.attach("h0").unwrap();
         dp.attach("hb0").unwrap();
         // Maglev here; the other test covers random selection.
-        let mut p = Proxier::new(std::sync::Arc::new(std::sync::Mutex::new(dp)), Vec::new())
-            .unwrap()
-            .with_algorithm(skiff_agent::proxy::ebpf::proxier::Algorithm::Maglev);
+        let pod_network = "10.252.0.0/16".parse().unwrap();
+        let mut p = Proxier::new(
+            std::sync::Arc::new(std::sync::Mutex::new(dp)),
+            Vec::new(),
+            pod_network,
+        )
+        .unwrap()
+        .with_algorithm(skiff_agent::proxy::ebpf::proxier::Algorithm::Maglev);
         let (stats, _) = p.sync(changes).unwrap();
         assert_eq!(stats.frontends_written, 2);
         p
@@ -295,6 +317,58 @@ fn the_service_model_programs_the_maps() {
     let (stats, _) = proxier.sync(model.take_changes()).unwrap();
     assert_eq!(stats.frontends_removed, 2);
     assert!(connects(&c, vip).is_err());
+
+    // A full sync of many services runs in slices; a change given between two slices is live
+    // at once, and the rest of the pass does not bring back what the change removed.
+    model.upsert_service(svc.clone());
+    model.upsert_slice(slice(true));
+    for i in 0..1500u32 {
+        let name = format!("bulk-{i}");
+        let ip = format!("10.96.{}.{}", 100 + i / 250, 1 + i % 250);
+        model.upsert_service(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"clusterIP": ip, "ports": [{"port": 80, "targetPort": 8080}]}}))
+            .unwrap(),
+        );
+    }
+    model.force_full();
+    let (stats, _) = proxier.sync(model.take_changes()).unwrap();
+    assert!(
+        stats.more && !stats.full,
+        "one slice did the whole pass: {stats:?}"
+    );
+    model.upsert_slice(slice(false));
+    let (stats, _) = proxier.sync(model.take_changes()).unwrap();
+    assert!(stats.more || stats.full, "{stats:?}");
+    assert!(connects(&c, vip).is_err());
+    let mut slices = 2;
+    let mut last = stats;
+    while last.more {
+        last = proxier.sync(model.take_changes()).unwrap().0;
+        slices += 1;
+    }
+    assert!(
+        last.full && last.services == 1501,
+        "{last:?} after {slices} slices"
+    );
+    assert!(
+        connects(&c, vip).is_err(),
+        "the pass brought back a removed endpoint"
+    );
+    model.upsert_slice(slice(true));
+    proxier.sync(model.take_changes()).unwrap();
+    assert_eq!(connects(&c, vip).unwrap(), client);
+
+    model.delete_service(&svc);
+    for i in 0..1500u32 {
+        model.delete_service(
+            &serde_json::from_value(serde_json::json!({
+                "metadata": {"name": format!("bulk-{i}"), "namespace": "default"}}))
+            .unwrap(),
+        );
+    }
+    proxier.sync(model.take_changes()).unwrap();
     let left = in_ns(&h, move || {
         let p = proxier;
         p.datapath().lock().unwrap().frontends().unwrap().len()

@@ -431,6 +431,15 @@ impl Cluster {
         self.set_proc(&role, None)
     }
 
+    /// Freezes node `i`'s agent (SIGSTOP) or lets it go on (SIGCONT): benchmarks keep one
+    /// node's work off the cores while they time another's.
+    pub fn pause_agent(&self, i: usize, paused: bool) {
+        let role = format!("node{i}");
+        if let Some((_, pid)) = self.procs().into_iter().find(|(r, _)| *r == role) {
+            signal_pid(pid, "skiff-agent", if paused { "-STOP" } else { "-CONT" });
+        }
+    }
+
     /// Takes node `i` off the cluster as a crash would: its agent is killed, its pods'
     /// containers removed and its namespace deleted.
     pub fn destroy_node(&self, i: usize) -> Result<()> {
@@ -585,9 +594,13 @@ fn is_ours(pid: u32, program: &str) -> bool {
 }
 
 fn kill_pid(pid: u32, program: &str, hard: bool) {
+    signal_pid(pid, program, if hard { "-KILL" } else { "-TERM" });
+}
+
+fn signal_pid(pid: u32, program: &str, signal: &str) {
     if is_ours(pid, program) {
         let _ = Command::new("kill")
-            .args([if hard { "-KILL" } else { "-TERM" }, &pid.to_string()])
+            .args([signal, &pid.to_string()])
             .status();
     }
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{PodInfo, eventually, in_pod, ip_of, json, pods, prerequisites};
+use common::{PodInfo, eventually, eventually_ok, in_pod, ip_of, json, pods, prerequisites};
 use skiff_e2e::cluster::Cluster;
 
 fn manifests(node1: &str, external_ip: &str) -> String {
@@ -460,10 +460,15 @@ fn conformance(mode: &str) {
     s.c.kubectl(&["scale", "deployment", "solo", "--replicas", "0"])
         .unwrap();
     let url = format!("http://{solo_vip}/hostname");
-    eventually(&s.c, "a service without endpoints rejects", 60, || {
+    eventually_ok(&s.c, "a service without endpoints rejects", 90, || {
         let t = Instant::now();
-        get(&s.c, &From::Pod(s.client_on(1)), &url, 8).is_err()
-            && t.elapsed() < Duration::from_secs(3)
+        match get(&s.c, &From::Pod(s.client_on(1)), &url, 8) {
+            Ok(body) => Err(format!("answered {body:?}")),
+            Err(e) if t.elapsed() >= Duration::from_secs(3) => {
+                Err(format!("failed after {:?}: {e}", t.elapsed()))
+            }
+            Err(_) => Ok(()),
+        }
     });
     s.c.kubectl(&["scale", "deployment", "solo", "--replicas", "1"])
         .unwrap();

@@ -336,6 +336,43 @@ async fn pod_ip(c: &Cluster, pod: &str) -> Result<Ipv4Addr> {
     }
 }
 
+/// Freezes (or thaws) the agents of every node but `k`'s.
+fn freeze_others(c: &Cluster, sides: &[Side], k: usize, frozen: bool) {
+    for (j, other) in sides.iter().enumerate() {
+        if j != k {
+            c.pause_agent(other.node, frozen);
+        }
+    }
+}
+
+/// Gives each probe service its EndpointSlice, one at a time; returns the time (ms) from each
+/// create call until `side` connects to the service.
+async fn time_changes(
+    client: &kube::Client,
+    side: &Side,
+    probes: &[String],
+    backends: &[Ipv4Addr],
+) -> Result<Vec<f64>> {
+    let slices: Api<EndpointSlice> = Api::default_namespaced(client.clone());
+    let mut out = Vec::new();
+    for p in probes {
+        let vip = SocketAddr::from((cluster_ip(client, p).await?, 80));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut slice = slice(p, backends);
+        if let Some(ports) = slice.ports.as_mut() {
+            ports.truncate(1);
+        }
+        let t0 = Instant::now();
+        slices.create(&PostParams::default(), &slice).await?;
+        side.send(Job::UntilOpen(vip, Duration::from_secs(30)))?;
+        let Answer::Open(at) = side.recv()? else {
+            bail!("unexpected answer");
+        };
+        out.push(at?.duration_since(t0).as_secs_f64() * 1e3);
+    }
+    Ok(out)
+}
+
 fn stats(v: &[f64]) -> Value {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
@@ -406,17 +443,23 @@ async fn measure(
         create_all(&client, made, scale).await?;
         made = made.max(scale);
         eprintln!("bench proxy: created in {:.1} s", t.elapsed().as_secs_f64());
-        // Changes: services without endpoints first, then one EndpointSlice write at a time.
-        let probes: Vec<String> = (0..rounds.changes)
-            .map(|k| format!("chg-{scale}-{k}"))
+        // Changes: services without endpoints first (a set per node), then one EndpointSlice
+        // write at a time.
+        let probes: Vec<Vec<String>> = sides
+            .iter()
+            .map(|s| {
+                (0..rounds.changes)
+                    .map(|k| format!("chg-{scale}-{}-{k}", s.node))
+                    .collect()
+            })
             .collect();
-        for p in &probes {
+        for p in probes.iter().flatten() {
             svcs.create(&PostParams::default(), &service(p)).await?;
         }
         // Full syncs that cover every service of this scale, on every node. A node that does
         // not get there in time is recorded as such (iptables at 30,000 services here) and
         // left out of the change timing.
-        let wanted = scale + rounds.changes + sides.len();
+        let wanted = scale + rounds.changes * sides.len() + sides.len();
         let mut full: Vec<Option<Vec<f64>>> = Vec::new();
         for s in &sides {
             let log_path = c.log(&format!("node{}", s.node));
@@ -443,45 +486,46 @@ async fn measure(
                 full.push(Some(got));
             }
         }
+        // Each node's changes are timed while the other nodes' agents are frozen, so that one
+        // mode's work (iptables restores at 30,000 services never stop) does not take the
+        // cores from the other's, as on a real node that runs one proxy.
         let mut change_ms = vec![Vec::new(); sides.len()];
-        for p in &probes {
-            let vip = SocketAddr::from((cluster_ip(&client, p).await?, 80));
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let t0 = Instant::now();
-            let mut slice = slice(p, &probe_backends);
-            if let Some(ports) = slice.ports.as_mut() {
-                ports.truncate(1);
+        let mut last_change: Option<&String> = None;
+        for (k, s) in sides.iter().enumerate() {
+            if full[k].is_none() {
+                continue;
             }
-            slices.create(&PostParams::default(), &slice).await?;
-            // Every converged node polls at once: the same write, seen by each mode.
-            for (k, s) in sides.iter().enumerate() {
-                if full[k].is_some() {
-                    s.send(Job::UntilOpen(vip, Duration::from_secs(30)))?;
-                }
-            }
-            for (k, s) in sides.iter().enumerate() {
-                if full[k].is_none() {
-                    continue;
-                }
+            // The node first catches up with what changed while it was frozen.
+            if let Some(p) = last_change {
+                let vip = SocketAddr::from((cluster_ip(&client, p).await?, 80));
+                s.send(Job::UntilOpen(vip, Duration::from_secs(120)))?;
                 let Answer::Open(at) = s.recv()? else {
                     bail!("unexpected answer");
                 };
-                change_ms[k].push(at?.duration_since(t0).as_secs_f64() * 1e3);
+                at?;
             }
+            freeze_others(c, &sides, k, true);
+            let timed = time_changes(&client, s, &probes[k], &probe_backends).await;
+            freeze_others(c, &sides, k, false);
+            change_ms[k] = timed?;
+            last_change = probes[k].last();
         }
         // Latency in interleaved rounds, so the machine's noise hits every mode alike.
         let mut lat = vec![[Vec::new(), Vec::new()]; sides.len()];
         let per_round = rounds.requests.div_ceil(5);
         for _ in 0..5 {
             for (k, s) in sides.iter().enumerate() {
-                s.send(Job::Requests(
+                freeze_others(c, &sides, k, true);
+                let sent = s.send(Job::Requests(
                     vec![
                         SocketAddr::from((s.lat, 80)),
                         SocketAddr::from((s.server_ip, 8080)),
                     ],
                     per_round,
-                ))?;
-                let Answer::Latencies(l) = s.recv()? else {
+                ));
+                let answer = sent.and_then(|()| s.recv());
+                freeze_others(c, &sides, k, false);
+                let Answer::Latencies(l) = answer? else {
                     bail!("unexpected answer");
                 };
                 for (which, v) in l.into_iter().enumerate().take(2) {
@@ -493,20 +537,26 @@ async fn measure(
         let mut tput = vec![[Vec::new(), Vec::new()]; sides.len()];
         if rounds.seconds > 0 {
             let secs = rounds.seconds.to_string();
-            for _ in 0..3 {
+            for round in 0..3 {
                 for (k, s) in sides.iter().enumerate() {
-                    for (which, target) in [s.lat.to_string(), s.server_ip.to_string()]
-                        .iter()
-                        .enumerate()
-                    {
+                    freeze_others(c, &sides, k, true);
+                    // Which path goes first alternates, so neither always gets the warmer run.
+                    let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+                    let mut got = Ok(());
+                    for which in order {
+                        let target = [s.lat, s.server_ip][which].to_string();
                         let mut cl = crate::bench::in_netns_of(&s.client_pid, "iperf3");
-                        cl.args(["-c", target, "-p", "5201", "-t", &secs, "-J"]);
-                        let bps = crate::bench::iperf3_pair(
+                        cl.args(["-c", &target, "-p", "5201", "-t", &secs, "-J"]);
+                        match crate::bench::iperf3_pair(
                             crate::bench::in_netns_of(&s.server_pid, "iperf3"),
                             cl,
-                        )?;
-                        tput[k][which].push(bps / 1e9);
+                        ) {
+                            Ok(bps) => tput[k][which].push(bps / 1e9),
+                            Err(e) => got = Err(e),
+                        }
                     }
+                    freeze_others(c, &sides, k, false);
+                    got?;
                 }
             }
         }

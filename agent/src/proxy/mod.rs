@@ -55,7 +55,10 @@ enum Dataplane {
 
 /// What one sync did, whatever the mode.
 struct Summary {
+    /// A full sync ended.
     full: bool,
+    /// A full sync is under way and wants to go on at once.
+    more: bool,
     services: usize,
     written: usize,
     removed: usize,
@@ -65,6 +68,7 @@ impl From<iptables::SyncStats> for Summary {
     fn from(s: iptables::SyncStats) -> Self {
         Self {
             full: s.full,
+            more: false,
             services: s.services,
             written: s.chains_written,
             removed: s.chains_deleted,
@@ -76,6 +80,7 @@ impl From<ebpf::proxier::SyncStats> for Summary {
     fn from(s: ebpf::proxier::SyncStats) -> Self {
         Self {
             full: s.full,
+            more: s.more,
             services: s.services,
             written: s.frontends_written,
             removed: s.frontends_removed,
@@ -144,7 +149,7 @@ pub async fn run(
             Dataplane::Iptables(iptables::Proxier::new(ipt, cfg.cluster_cidr))
         }
         Mode::Ebpf(dp, addrs, algorithm) => Dataplane::Ebpf(
-            ebpf::proxier::Proxier::new(dp, addrs)
+            ebpf::proxier::Proxier::new(dp, addrs, cfg.cluster_cidr)
                 .map_err(ProxyError::Ebpf)?
                 .with_algorithm(algorithm),
         ),
@@ -175,10 +180,15 @@ pub async fn run(
     let mut checks: BTreeMap<u16, (ServiceKey, usize)> = BTreeMap::new();
     let mut last_sync: Option<Instant> = None;
     let mut last_full = Instant::now();
+    // When the full sync under way (run in slices by the eBPF backend) began.
+    let mut pass_started: Option<Instant> = None;
     let mut failures: u32 = 0;
     loop {
-        let ready = have_services && have_slices && model.has_changes();
+        let more = pass_started.is_some();
+        let ready = have_services && have_slices && (more || model.has_changes());
         let earliest = match last_sync {
+            // The next slice of a full sync goes at once: watch events get in between.
+            _ if more => Instant::now(),
             Some(t) => {
                 let backoff = cfg
                     .min_sync
@@ -222,7 +232,7 @@ pub async fn run(
                 Some(Err(e)) => tracing::warn!("watching endpointslices: {e}"),
                 None => break,
             },
-            () = tokio::time::sleep_until(full_due.into()), if !model.full_pending() => {
+            () = tokio::time::sleep_until(full_due.into()), if !model.full_pending() && !more => {
                 model.force_full();
             }
             () = tokio::time::sleep_until(earliest.into()), if ready => {
@@ -251,9 +261,13 @@ pub async fn run(
                         if stats.full {
                             m.full_syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
-                        let took_ms = started.elapsed().as_millis() as u64;
+                        let began = pass_started.take().unwrap_or(started);
+                        if stats.more {
+                            pass_started = Some(began);
+                        }
+                        let took_ms = if stats.full { began } else { started }.elapsed().as_millis() as u64;
                         if stats.full {
-                            last_full = started;
+                            last_full = began;
                             tracing::info!(services = stats.services, written = stats.written,
                                 removed = stats.removed, took_ms, "proxy full sync");
                         } else {
@@ -265,6 +279,7 @@ pub async fn run(
                     Err(e) => {
                         m.failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         failures += 1;
+                        pass_started = None;
                         tracing::warn!("proxy sync failed (a full sync follows): {e}");
                         model.force_full();
                     }
@@ -287,7 +302,12 @@ async fn after_sync(
 ) {
     let mut stale = Vec::new();
     if full {
-        checks.clear();
+        // What a full sync did not see any more (a relist dropped it) stops being checked.
+        checks.retain(|_, (k, _)| {
+            p.ports(k)
+                .iter()
+                .any(|sp| sp.health_check_node_port.is_some())
+        });
     }
     for (k, before) in &previous {
         let now = p.ports(k);

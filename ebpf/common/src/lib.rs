@@ -121,6 +121,9 @@ pub const CT_FIB: u8 = 4;
 pub const CT_BOUNCE: u8 = 8;
 /// The entry is a reply direction (a backend's packets).
 pub const CT_REPLY: u8 = 16;
+/// A pod's connection to a backend in the pod network: routed by a FIB lookup and redirect
+/// straight to the bridge or the overlay, as the node's forwarding would, minus its cost.
+pub const CT_ROUTE: u8 = 32;
 
 /// How the packets of a tracked connection are translated in the direction of the key.
 #[repr(C)]
@@ -165,7 +168,17 @@ pub struct NodeConfig {
     pub netns_cookie: u64,
     /// The node's uplink address (network byte order), the source of masqueraded traffic.
     pub node_addr: u32,
+    /// The cluster's pod network (network byte order); a mask of 0 until it is known.
+    pub cluster_net: u32,
+    pub cluster_mask: u32,
     pub _pad: u32,
+}
+
+impl NodeConfig {
+    /// An address in the pod network.
+    pub fn in_cluster(&self, addr: u32) -> bool {
+        self.cluster_mask != 0 && addr & self.cluster_mask == self.cluster_net
+    }
 }
 
 /// Source address of hairpin traffic (a pod reaching itself through a service): link-local

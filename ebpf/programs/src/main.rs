@@ -9,6 +9,10 @@
 //! - `skiff_sock_connect4` (cgroup connect4) points the node's own sockets straight at a
 //!   backend, so node traffic needs no per-packet translation at all.
 //!
+//! A pod's packets to a backend in the pod network are routed by the datapath itself (FIB lookup,
+//! TTL, redirect to the bridge or the overlay), so the service path costs no more than the
+//! direct one: the node's routing and netfilter are skipped as the bridge skips them.
+//!
 //! Every direction of a connection is tracked on the node that translated it: a pod's packets
 //! cross its veth wherever the backend runs, and SNATed external traffic comes back to the node
 //! address it was masqueraded to.
@@ -31,10 +35,10 @@ use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray};
 use aya_ebpf::programs::{SockAddrContext, TcContext};
 use skiff_ebpf_common::{
     AffinityKey, AffinityValue, Backend, BackendKey, CT_BOUNCE, CT_FIB, CT_NAT_DST, CT_NAT_SRC,
-    CT_REPLY, CtKey, CtValue, HAIRPIN_ADDR, MaglevTable, NodeConfig, PROTO_TCP, PROTO_UDP,
-    SCOPE_EXTERNAL, SCOPE_INTERNAL, STAT_DROP_ERROR, STAT_DROP_NO_BACKEND, STAT_FIB_MISS,
-    STAT_NO_ENDPOINTS, STAT_REPLIES, STAT_SLOTS, STAT_SOCK_TRANSLATED, STAT_TRANSLATED,
-    SVC_AFFINITY, SVC_MAGLEV, SVC_SNAT, ServiceKey, ServiceValue, tuple_hash,
+    CT_REPLY, CT_ROUTE, CtKey, CtValue, HAIRPIN_ADDR, MaglevTable, NodeConfig, PROTO_TCP,
+    PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, STAT_DROP_ERROR, STAT_DROP_NO_BACKEND,
+    STAT_FIB_MISS, STAT_NO_ENDPOINTS, STAT_REPLIES, STAT_SLOTS, STAT_SOCK_TRANSLATED,
+    STAT_TRANSLATED, SVC_AFFINITY, SVC_MAGLEV, SVC_SNAT, ServiceKey, ServiceValue, tuple_hash,
 };
 
 /// Sizes are defaults; the agent sets them at load time.
@@ -56,6 +60,7 @@ static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_SLOTS, 0);
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
+const IP_TTL_OFF: usize = ETH_HLEN + 8;
 const IP_PROTO_OFF: usize = ETH_HLEN + 9;
 const IP_CSUM_OFF: usize = ETH_HLEN + 10;
 const IP_SRC_OFF: usize = ETH_HLEN + 12;
@@ -215,7 +220,7 @@ fn apply(ctx: &TcContext, p: &Packet, v: &CtValue) -> Result<i32, i64> {
     if v.flags & CT_BOUNCE != 0 {
         return bounce(ctx);
     }
-    if v.flags & CT_FIB != 0 {
+    if v.flags & (CT_FIB | CT_ROUTE) != 0 {
         let (saddr, daddr) = (
             if v.flags & CT_NAT_SRC != 0 {
                 v.saddr
@@ -267,7 +272,21 @@ fn fib_forward(ctx: &TcContext, proto: u8, saddr: u32, daddr: u32) -> i32 {
             0,
         )
     };
-    if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
+    let found = rc == BPF_FIB_LKUP_RET_SUCCESS as i64;
+    if !found && rc != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        count(STAT_FIB_MISS);
+        return TC_ACT_OK;
+    }
+    match decrement_ttl(ctx) {
+        Ok(true) => {}
+        // Expiring: the stack drops it and answers with ICMP time exceeded.
+        Ok(false) => return TC_ACT_OK,
+        Err(_) => {
+            count(STAT_DROP_ERROR);
+            return TC_ACT_SHOT;
+        }
+    }
+    if found {
         if ctx.store(0, &fib.dmac, 0).is_err() || ctx.store(6, &fib.smac, 0).is_err() {
             count(STAT_DROP_ERROR);
             return TC_ACT_SHOT;
@@ -275,12 +294,23 @@ fn fib_forward(ctx: &TcContext, proto: u8, saddr: u32, daddr: u32) -> i32 {
         // SAFETY: a plain helper call.
         return unsafe { bpf_redirect(fib.ifindex, 0) } as i32;
     }
-    if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
-        // SAFETY: no parameters: the helper resolves the next hop itself.
-        return unsafe { bpf_redirect_neigh(fib.ifindex, core::ptr::null_mut(), 0, 0) } as i32;
+    // SAFETY: no parameters: the helper resolves the next hop itself.
+    unsafe { bpf_redirect_neigh(fib.ifindex, core::ptr::null_mut(), 0, 0) as i32 }
+}
+
+/// Counts the hop as a router does; false when the TTL runs out here.
+#[inline(always)]
+fn decrement_ttl(ctx: &TcContext) -> Result<bool, i64> {
+    // TTL and protocol, as they are in the packet.
+    let word: u16 = ctx.load(IP_TTL_OFF)?;
+    let [ttl, proto] = word.to_ne_bytes();
+    if ttl <= 1 {
+        return Ok(false);
     }
-    count(STAT_FIB_MISS);
-    TC_ACT_OK
+    let new = u16::from_ne_bytes([ttl - 1, proto]);
+    ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(word), u64::from(new), 2)?;
+    ctx.store(IP_TTL_OFF, &(ttl - 1), 0)?;
+    Ok(true)
 }
 
 /// Picks the backend of a new connection from `client`: the one its affinity holds while that
@@ -391,10 +421,11 @@ fn translate(ctx: &TcContext, scope: u8) -> Result<i32, i64> {
         return Ok(TC_ACT_SHOT);
     };
     let hairpin = scope == SCOPE_INTERNAL && b.addr == p.saddr;
+    let cfg = config().unwrap_or_default();
     let snat = if hairpin {
         Some(u32::from_ne_bytes(HAIRPIN_ADDR))
     } else if svc.flags & SVC_SNAT != 0 {
-        config().map(|c| c.node_addr)
+        Some(cfg.node_addr)
     } else {
         None
     };
@@ -420,9 +451,14 @@ fn translate(ctx: &TcContext, scope: u8) -> Result<i32, i64> {
         CT_BOUNCE
     } else if scope == SCOPE_EXTERNAL {
         CT_FIB
+    } else if cfg.in_cluster(b.addr) {
+        CT_ROUTE
     } else {
+        // Elsewhere (a node, outside the cluster): the stack routes and masquerades it.
         0
     };
+    // A pod backend's replies reach a local client by the bridge, a remote one by the overlay.
+    let route_back = if route == CT_ROUTE { 0 } else { route };
     let forward = CtValue {
         saddr: reply.daddr,
         daddr: b.addr,
@@ -437,7 +473,7 @@ fn translate(ctx: &TcContext, scope: u8) -> Result<i32, i64> {
         daddr: p.saddr,
         sport: p.dport,
         dport: p.sport,
-        flags: CT_REPLY | CT_NAT_SRC | if snat.is_some() { CT_NAT_DST } else { 0 } | route,
+        flags: CT_REPLY | CT_NAT_SRC | if snat.is_some() { CT_NAT_DST } else { 0 } | route_back,
         _pad: [0; 3],
         created,
     };

@@ -96,6 +96,29 @@ pub fn eventually(c: &Cluster, what: &str, secs: u64, mut f: impl FnMut() -> boo
     panic!("timed out after {secs} s waiting for {what}\n{}", c.logs());
 }
 
+/// As `eventually`, for a check that says why it is not there yet; the last reason is reported.
+#[allow(dead_code)]
+pub fn eventually_ok(
+    c: &Cluster,
+    what: &str,
+    secs: u64,
+    mut f: impl FnMut() -> Result<(), String>,
+) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match f() {
+            Ok(()) => return,
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!(
+        "timed out after {secs} s waiting for {what} (last: {last})\n{}",
+        c.logs()
+    );
+}
+
 pub fn json(c: &Cluster, args: &[&str]) -> Value {
     let mut a = args.to_vec();
     a.extend(["-o", "json"]);

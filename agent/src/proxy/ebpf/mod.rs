@@ -92,6 +92,8 @@ pub struct Stats {
 pub struct Datapath {
     bpf: aya::Ebpf,
     links: PathBuf,
+    /// What `CONFIG` holds.
+    config: NodeConfig,
 }
 
 fn is_bpffs(dir: &Path) -> bool {
@@ -223,6 +225,7 @@ impl Datapath {
         Ok(Self {
             bpf,
             links: pins.join("links"),
+            config: NodeConfig::default(),
         })
     }
 
@@ -346,11 +349,23 @@ impl Datapath {
 
     /// Tells the datapath about the node (its namespace's cookie, its masquerade address).
     pub fn set_config(&mut self, node_addr: Ipv4Addr) -> Result<(), EbpfError> {
-        let cfg = NodeConfig {
+        self.write_config(NodeConfig {
             netns_cookie: netns_cookie()?,
             node_addr: wire_addr(node_addr),
-            _pad: 0,
-        };
+            ..self.config
+        })
+    }
+
+    /// Tells the datapath the cluster's pod network, which it routes to by itself.
+    pub fn set_cluster(&mut self, cluster: ipnet::Ipv4Net) -> Result<(), EbpfError> {
+        self.write_config(NodeConfig {
+            cluster_net: wire_addr(cluster.network()),
+            cluster_mask: wire_addr(cluster.netmask()),
+            ..self.config
+        })
+    }
+
+    fn write_config(&mut self, cfg: NodeConfig) -> Result<(), EbpfError> {
         let map = self.bpf.map_mut("CONFIG").ok_or(EbpfError::Map(
             "CONFIG",
             aya::maps::MapError::InvalidName {
@@ -359,7 +374,10 @@ impl Datapath {
         ))?;
         let mut arr: Array<&mut MapData, NodeConfig> =
             Array::try_from(map).map_err(|e| EbpfError::Map("CONFIG", e))?;
-        arr.set(0, cfg, 0).map_err(|e| EbpfError::Map("CONFIG", e))
+        arr.set(0, cfg, 0)
+            .map_err(|e| EbpfError::Map("CONFIG", e))?;
+        self.config = cfg;
+        Ok(())
     }
 
     /// One of the object's hash maps, typed.

@@ -41,7 +41,10 @@ struct Programmed {
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct SyncStats {
+    /// A full sync ended with this one.
     pub full: bool,
+    /// A full sync is under way and wants another slice.
+    pub more: bool,
     pub services: usize,
     pub frontends_written: usize,
     pub frontends_removed: usize,
@@ -75,6 +78,31 @@ pub struct Proxier {
     /// What an earlier agent left in the map: its frontends keep their ids (so no backend
     /// slot is ever rewritten under a frontend of another service) until the first full sync.
     adopted: HashMap<Frontend, (u32, u16)>,
+    /// Every frontend the map may hold: what an earlier agent left and what this one wrote
+    /// and did not remove. A full sync sweeps what of it nobody wants, without reading the map.
+    in_map: HashSet<Frontend>,
+    /// The full sync under way, if any.
+    pass: Option<Pass>,
+}
+
+/// A full sync runs in slices of about this long, with the changes that arrive meanwhile
+/// applied between them: a change never waits for a whole full sync.
+const SLICE: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// A full sync under way: the services it has still to rewrite.
+struct Pass {
+    todo: BTreeMap<ServiceKey, Vec<ServicePort>>,
+    services: usize,
+    /// Frontends its slices wrote so far.
+    written: usize,
+}
+
+/// What one sync gathers besides its statistics.
+#[derive(Default)]
+struct Work {
+    previous: Previous,
+    /// UDP backends that left a service: their tracked flows are forgotten.
+    gone: BTreeSet<(Ipv4Addr, u16, u8)>,
 }
 
 fn proto(p: Protocol) -> Option<u8> {
@@ -160,16 +188,22 @@ fn desired(
 }
 
 impl Proxier {
-    pub fn new(dp: Shared, node_addrs: Vec<Ipv4Addr>) -> Result<Self, EbpfError> {
-        let existing = dp
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .frontends()?;
+    pub fn new(
+        dp: Shared,
+        node_addrs: Vec<Ipv4Addr>,
+        cluster: ipnet::Ipv4Net,
+    ) -> Result<Self, EbpfError> {
+        let existing = {
+            let mut dp = dp.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            dp.set_cluster(cluster)?;
+            dp.frontends()?
+        };
         let adopted: HashMap<Frontend, (u32, u16)> = existing
             .into_iter()
             .map(|(f, v)| (f, (v.id, v.count)))
             .collect();
         let next = adopted.values().map(|(id, _)| id + 1).max().unwrap_or(1);
+        let in_map = adopted.keys().copied().collect();
         Ok(Self {
             dp,
             algorithm: Algorithm::Random,
@@ -181,6 +215,8 @@ impl Proxier {
             free: Vec::new(),
             next,
             adopted,
+            in_map,
+            pass: None,
         })
     }
 
@@ -224,132 +260,184 @@ impl Proxier {
     }
 
     /// Applies the changes; returns what it did and the ports each changed service had before.
+    /// A full sync starts a pass that the following calls continue one slice at a time
+    /// (`SyncStats::more`); changes given meanwhile go first and supersede the pass's view of
+    /// their services.
     pub fn sync(&mut self, changes: Changes) -> Result<(SyncStats, Previous), EbpfError> {
-        let mut stats = SyncStats {
-            full: changes.full,
-            services: changes.services.len(),
-            ..SyncStats::default()
-        };
+        let started = std::time::Instant::now();
+        let mut stats = SyncStats::default();
+        let mut fresh = changes.services;
+        if changes.full {
+            self.pass = Some(Pass {
+                services: fresh.len(),
+                todo: std::mem::take(&mut fresh),
+                written: 0,
+            });
+        }
+        let mut pass = self.pass.take();
+        if let Some(p) = &mut pass {
+            for svc in fresh.keys() {
+                p.todo.remove(svc);
+            }
+        }
         let shared = std::sync::Arc::clone(&self.dp);
         // A panic elsewhere while holding it leaves the maps as consistent as any failed sync.
         let mut dp = shared
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let dp = &mut *dp;
-        let mut previous = Previous::new();
-        // UDP backends that left a service: their tracked flows are forgotten.
-        let mut gone: BTreeSet<(Ipv4Addr, u16, u8)> = BTreeSet::new();
-        for (svc, ports) in changes.services {
-            let old = self.programmed.remove(&svc).unwrap_or_default();
-            let mut now: BTreeMap<String, Programmed> = BTreeMap::new();
-            for sp in &ports {
-                let Some((wanted, sets)) = desired(sp, &self.node_addrs) else {
-                    continue;
-                };
-                let port_id = sp.id();
-                let before = old.get(&port_id);
-                let mut prog = Programmed::default();
-                for (name, backends) in sets {
-                    let hint = wanted
-                        .iter()
-                        .filter(|w| w.set == name)
-                        .find_map(|w| self.adopted.get(&w.frontend).map(|(id, _)| *id));
-                    let id = self.id_for(&name, hint);
-                    prog.sets.insert(name, Set { id, backends });
-                }
-                // Slots, then the table over them, then the frontends that count them.
-                let maglev = self.algorithm == Algorithm::Maglev;
-                for set in prog.sets.values() {
-                    dp.set_backends(set.id, &set.backends)?;
-                    if maglev {
-                        dp.set_maglev(set.id, &super::maglev::table(&set.backends))?;
-                    }
-                }
-                for w in &wanted {
-                    let set = &prog.sets[&w.set];
-                    let flags = w.flags | if maglev { SVC_MAGLEV } else { 0 };
-                    dp.put_frontend(
-                        w.frontend,
-                        set.id,
-                        set.backends.len(),
-                        flags,
-                        sp.affinity_timeout.unwrap_or(0),
-                    )?;
-                    stats.frontends_written += 1;
-                }
-                prog.frontends = wanted.into_iter().map(|w| w.frontend).collect();
-                for (name, set) in &prog.sets {
-                    let Some(old_set) = before.and_then(|b| b.sets.get(name)) else {
-                        continue;
-                    };
-                    let (slots, had) = (set.backends.len() as u32, old_set.backends.len() as u32);
-                    if had > slots {
-                        dp.trim_backends(set.id, slots, had)?;
-                    }
-                    if sp.protocol == Protocol::Udp {
-                        let p = PROTO_UDP;
-                        gone.extend(
-                            old_set
-                                .backends
-                                .iter()
-                                .filter(|b| !set.backends.contains(b))
-                                .map(|(ip, port)| (*ip, *port, p)),
-                        );
-                    }
-                }
-                if let Some(b) = before {
-                    self.drop_unwanted(dp, b, Some(&prog), &mut stats, &mut gone, sp.protocol)?;
-                }
-                now.insert(port_id, prog);
+        let mut work = Work::default();
+        stats.services = fresh.len();
+        for (svc, ports) in fresh {
+            self.apply(dp, svc, ports, &mut stats, &mut work)?;
+        }
+        if let Some(mut p) = pass {
+            // At least one service per slice, however long the changes took.
+            let mut done = 0;
+            let before = stats.frontends_written;
+            while (done == 0 || started.elapsed() < SLICE)
+                && let Some((svc, ports)) = p.todo.pop_first()
+            {
+                self.apply(dp, svc, ports, &mut stats, &mut work)?;
+                done += 1;
             }
-            for (port_id, before) in &old {
-                if !now.contains_key(port_id) {
-                    let udp = before.frontends.iter().any(|f| f.proto == PROTO_UDP);
-                    let proto = if udp { Protocol::Udp } else { Protocol::Tcp };
-                    self.drop_unwanted(dp, before, None, &mut stats, &mut gone, proto)?;
-                }
-            }
-            if !now.is_empty() {
-                self.programmed.insert(svc.clone(), now);
-            }
-            let before = if ports.is_empty() {
-                self.ports.remove(&svc)
+            p.written += stats.frontends_written - before;
+            if p.todo.is_empty() {
+                stats.full = true;
+                stats.services = p.services;
+                stats.frontends_written = p.written;
+                self.sweep(dp, &mut stats)?;
             } else {
-                self.ports.insert(svc.clone(), ports)
-            };
-            previous.push((svc, before.unwrap_or_default()));
-        }
-        if stats.full {
-            let wanted: HashSet<Frontend> = self
-                .programmed
-                .values()
-                .flat_map(|ports| ports.values().flat_map(|p| p.frontends.iter().copied()))
-                .collect();
-            for (f, v) in dp.frontends()? {
-                if !wanted.contains(&f) {
-                    dp.remove_service(f, v.id, 0)?;
-                    stats.frontends_removed += 1;
-                }
-            }
-            // Ids of the earlier agent nobody took over: their slots go, the ids are free.
-            let mut left: BTreeMap<u32, u16> = BTreeMap::new();
-            for (id, count) in std::mem::take(&mut self.adopted).into_values() {
-                if !self.claimed.contains(&id) {
-                    let c = left.entry(id).or_default();
-                    *c = (*c).max(count);
-                }
-            }
-            for (id, count) in left {
-                dp.trim_backends(id, 0, u32::from(count))?;
-                dp.set_maglev(id, &[])?;
-                self.free.push(id);
+                stats.more = true;
+                self.pass = Some(p);
             }
         }
-        if !gone.is_empty() {
-            let gone: Vec<_> = gone.into_iter().collect();
+        if !work.gone.is_empty() {
+            let gone: Vec<_> = work.gone.into_iter().collect();
             stats.connections_forgotten = dp.forget_backends(&gone)?;
         }
-        Ok((stats, previous))
+        Ok((stats, work.previous))
+    }
+
+    /// Programs one service as `ports` describe it (none: it is gone).
+    fn apply(
+        &mut self,
+        dp: &mut Datapath,
+        svc: ServiceKey,
+        ports: Vec<ServicePort>,
+        stats: &mut SyncStats,
+        work: &mut Work,
+    ) -> Result<(), EbpfError> {
+        let old = self.programmed.remove(&svc).unwrap_or_default();
+        let mut now: BTreeMap<String, Programmed> = BTreeMap::new();
+        for sp in &ports {
+            let Some((wanted, sets)) = desired(sp, &self.node_addrs) else {
+                continue;
+            };
+            let port_id = sp.id();
+            let before = old.get(&port_id);
+            let mut prog = Programmed::default();
+            for (name, backends) in sets {
+                let hint = wanted
+                    .iter()
+                    .filter(|w| w.set == name)
+                    .find_map(|w| self.adopted.get(&w.frontend).map(|(id, _)| *id));
+                let id = self.id_for(&name, hint);
+                prog.sets.insert(name, Set { id, backends });
+            }
+            // Slots, then the table over them, then the frontends that count them.
+            let maglev = self.algorithm == Algorithm::Maglev;
+            for set in prog.sets.values() {
+                dp.set_backends(set.id, &set.backends)?;
+                if maglev {
+                    dp.set_maglev(set.id, &super::maglev::table(&set.backends))?;
+                }
+            }
+            for w in &wanted {
+                let set = &prog.sets[&w.set];
+                let flags = w.flags | if maglev { SVC_MAGLEV } else { 0 };
+                self.in_map.insert(w.frontend);
+                dp.put_frontend(
+                    w.frontend,
+                    set.id,
+                    set.backends.len(),
+                    flags,
+                    sp.affinity_timeout.unwrap_or(0),
+                )?;
+                stats.frontends_written += 1;
+            }
+            prog.frontends = wanted.into_iter().map(|w| w.frontend).collect();
+            for (name, set) in &prog.sets {
+                let Some(old_set) = before.and_then(|b| b.sets.get(name)) else {
+                    continue;
+                };
+                let (slots, had) = (set.backends.len() as u32, old_set.backends.len() as u32);
+                if had > slots {
+                    dp.trim_backends(set.id, slots, had)?;
+                }
+                if sp.protocol == Protocol::Udp {
+                    let p = PROTO_UDP;
+                    work.gone.extend(
+                        old_set
+                            .backends
+                            .iter()
+                            .filter(|b| !set.backends.contains(b))
+                            .map(|(ip, port)| (*ip, *port, p)),
+                    );
+                }
+            }
+            if let Some(b) = before {
+                self.drop_unwanted(dp, b, Some(&prog), stats, &mut work.gone, sp.protocol)?;
+            }
+            now.insert(port_id, prog);
+        }
+        for (port_id, before) in &old {
+            if !now.contains_key(port_id) {
+                let udp = before.frontends.iter().any(|f| f.proto == PROTO_UDP);
+                let proto = if udp { Protocol::Udp } else { Protocol::Tcp };
+                self.drop_unwanted(dp, before, None, stats, &mut work.gone, proto)?;
+            }
+        }
+        if !now.is_empty() {
+            self.programmed.insert(svc.clone(), now);
+        }
+        let before = if ports.is_empty() {
+            self.ports.remove(&svc)
+        } else {
+            self.ports.insert(svc.clone(), ports)
+        };
+        work.previous.push((svc, before.unwrap_or_default()));
+        Ok(())
+    }
+
+    /// The end of a full sync: frontends nobody wants leave the map, and so do the backend
+    /// sets of an earlier agent that nobody took over.
+    fn sweep(&mut self, dp: &mut Datapath, stats: &mut SyncStats) -> Result<(), EbpfError> {
+        let wanted: HashSet<Frontend> = self
+            .programmed
+            .values()
+            .flat_map(|ports| ports.values().flat_map(|p| p.frontends.iter().copied()))
+            .collect();
+        let unwanted: Vec<Frontend> = self.in_map.difference(&wanted).copied().collect();
+        for f in unwanted {
+            dp.remove_service(f, 0, 0)?;
+            self.in_map.remove(&f);
+            stats.frontends_removed += 1;
+        }
+        // Ids of the earlier agent nobody took over: their slots go, the ids are free.
+        let mut left: BTreeMap<u32, u16> = BTreeMap::new();
+        for (id, count) in std::mem::take(&mut self.adopted).into_values() {
+            if !self.claimed.contains(&id) {
+                let c = left.entry(id).or_default();
+                *c = (*c).max(count);
+            }
+        }
+        for (id, count) in left {
+            dp.trim_backends(id, 0, u32::from(count))?;
+            dp.set_maglev(id, &[])?;
+            self.free.push(id);
+        }
+        Ok(())
     }
 
     /// Removes what `before` programmed and `now` (the port's new state, if any) no longer
@@ -366,6 +454,7 @@ impl Proxier {
         for f in &before.frontends {
             if !now.is_some_and(|n| n.frontends.contains(f)) {
                 dp.remove_service(*f, 0, 0)?;
+                self.in_map.remove(f);
                 stats.frontends_removed += 1;
             }
         }
