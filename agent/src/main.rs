@@ -368,20 +368,18 @@ async fn main() -> ExitCode {
     ));
     let proxy_metrics = Arc::new(skiff_agent::metrics::ProxyMetrics::default());
     if let Some(addr) = metrics_addr {
-        {
-            {
-                let sources = skiff_agent::metrics::Sources {
-                    proxy: Arc::clone(&proxy_metrics),
-                    datapath: datapath.as_ref().map(|dp| (Arc::clone(dp), sizes)),
-                };
-                let stop = stop_rx.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = skiff_agent::metrics::serve(addr, sources, stop).await {
-                        tracing::error!("metrics endpoint on {addr}: {e}");
-                    }
-                });
+        let sources = skiff_agent::metrics::Sources {
+            proxy: Arc::clone(&proxy_metrics),
+            datapath: datapath
+                .as_ref()
+                .map(|_| (proxy::ebpf::Pinned::new(&bpf_dir(&args)), sizes)),
+        };
+        let stop = stop_rx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = skiff_agent::metrics::serve(addr, sources, stop).await {
+                tracing::error!("metrics endpoint on {addr}: {e}");
             }
-        }
+        });
     }
     let proxy_task = tokio::spawn(proxy::run(
         client.clone(),

@@ -5,7 +5,7 @@ use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::proxy::ebpf::proxier::Shared;
+use crate::proxy::ebpf::{Pinned, Sizes};
 
 /// Counters the proxy's sync loop keeps.
 #[derive(Debug, Default)]
@@ -20,7 +20,9 @@ pub struct ProxyMetrics {
 /// What /metrics reports.
 pub struct Sources {
     pub proxy: Arc<ProxyMetrics>,
-    pub datapath: Option<(Shared, crate::proxy::ebpf::Sizes)>,
+    /// The datapath's pinned maps, read without the proxy's lock: a walk of a full
+    /// conntrack map takes a while, and syncs must not wait for a scrape.
+    pub datapath: Option<(Pinned, Sizes)>,
 }
 
 fn line(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
@@ -65,7 +67,6 @@ pub fn render(s: &Sources) -> String {
     let Some((dp, sizes)) = &s.datapath else {
         return out;
     };
-    let mut dp = dp.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Ok(st) = dp.stats() {
         for (name, help, v) in [
             (
@@ -123,20 +124,20 @@ pub fn render(s: &Sources) -> String {
             n as f64 / f64::from(sizes.conntrack.max(1)),
         );
     }
-    if let Ok(f) = dp.frontends() {
+    if let Ok(n) = dp.frontends() {
         line(
             &mut out,
             "skiff_ebpf_frontends",
             "gauge",
             "Service frontends in the map.",
-            f.len(),
+            n,
         );
         line(
             &mut out,
             "skiff_ebpf_services_pressure",
             "gauge",
             "Service map fill (0-1).",
-            f.len() as f64 / f64::from(sizes.services.max(1)),
+            n as f64 / f64::from(sizes.services.max(1)),
         );
     }
     out

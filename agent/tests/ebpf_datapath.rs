@@ -304,10 +304,14 @@ fn the_service_model_programs_the_maps() {
     let vip = SocketAddr::from(([10, 96, 77, 8], 80));
     assert_eq!(connects(&c, vip).unwrap(), client);
 
-    // The endpoint turns unready: new connections find no backend.
+    // The endpoint turns unready: new connections find no backend and are refused, every one
+    // of them at once (a RST from the datapath; ICMP errors would be rate-limited).
     model.upsert_slice(slice(false));
     proxier.sync(model.take_changes()).unwrap();
-    assert!(connects(&c, vip).is_err());
+    for _ in 0..20 {
+        let e = connects(&c, vip).unwrap_err();
+        assert!(e.contains("refused"), "{e}");
+    }
     model.upsert_slice(slice(true));
     proxier.sync(model.take_changes()).unwrap();
     assert_eq!(connects(&c, vip).unwrap(), client);
@@ -374,4 +378,28 @@ fn the_service_model_programs_the_maps() {
         p.datapath().lock().unwrap().frontends().unwrap().len()
     });
     assert_eq!(left, 0);
+}
+
+#[test]
+fn pinned_maps_of_another_size_are_replaced() {
+    if !privileged() {
+        return;
+    }
+    let net = Net {
+        tag: format!("{}sz", std::process::id()),
+        pins: format!("/sys/fs/bpf/skiff/test-{}-sizes", std::process::id()).into(),
+    };
+    let ct_size = |pins: &std::path::Path| {
+        aya::maps::MapInfo::from_pin(pins.join("CT"))
+            .unwrap()
+            .max_entries()
+    };
+    drop(Datapath::load(&net.pins, Sizes::default()).unwrap());
+    assert_eq!(ct_size(&net.pins), Sizes::default().conntrack);
+    let smaller = Sizes {
+        conntrack: 4096,
+        ..Sizes::default()
+    };
+    drop(Datapath::load(&net.pins, smaller).unwrap());
+    assert_eq!(ct_size(&net.pins), 4096, "the flag's size was not applied");
 }

@@ -59,10 +59,10 @@ pub enum Which {
         #[arg(long, default_value_t = 4)]
         seconds: u64,
         /// Changes timed per service count.
-        #[arg(long, default_value_t = 30)]
+        #[arg(long, default_value_t = 100)]
         changes: usize,
         /// Requests per target for connection latency.
-        #[arg(long, default_value_t = 500)]
+        #[arg(long, default_value_t = 3000)]
         requests: usize,
     },
     /// Cluster DNS: dnsperf against one node's responder (most queries/s, and latency at

@@ -67,6 +67,7 @@ const IP_SRC_OFF: usize = ETH_HLEN + 12;
 const IP_DST_OFF: usize = ETH_HLEN + 16;
 const AF_INET: u8 = 2;
 const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 /// A SYN for a tuple tracked longer than this opens a new connection (the old one is long
 /// gone); a younger one is a retransmission and keeps its backend.
@@ -236,6 +237,37 @@ fn apply(ctx: &TcContext, p: &Packet, v: &CtValue) -> Result<i32, i64> {
         return Ok(fib_forward(ctx, p.proto, saddr, daddr));
     }
     Ok(TC_ACT_OK)
+}
+
+/// Answers a SYN with a RST from the frontend, as a closed port does: the client is refused at
+/// once however many connect at a time (the ICMP errors of the unreachable route are
+/// rate-limited, and a SYN they leave unanswered waits for its retransmission).
+#[inline(always)]
+fn refuse(ctx: &TcContext, p: &Packet) -> Result<i32, i64> {
+    let total = usize::from(u16::from_be(ctx.load::<u16>(ETH_HLEN + 2)?));
+    // Data offset and flags, as in the packet.
+    let word: u16 = ctx.load(p.l4 + 12)?;
+    let [offset, _] = word.to_ne_bytes();
+    let header = (p.l4 - ETH_HLEN) + usize::from(offset >> 4) * 4;
+    // The SYN counts for one, and so does each byte of data it carries.
+    let taken = total.saturating_sub(header) as u32 + 1;
+    let seq: u32 = ctx.load(p.l4 + 4)?;
+    let old_ack: u32 = ctx.load(p.l4 + 8)?;
+    let ack = u32::from_be(seq).wrapping_add(taken).to_be();
+    let flags = u16::from_ne_bytes([offset, TCP_RST | TCP_ACK]);
+    let csum = p.csum_off();
+    ctx.l4_csum_replace(csum, u64::from(seq), 0, 4)?;
+    ctx.l4_csum_replace(csum, u64::from(old_ack), u64::from(ack), 4)?;
+    ctx.l4_csum_replace(csum, u64::from(word), u64::from(flags), 2)?;
+    ctx.store(p.l4 + 4, &0u32, 0)?;
+    ctx.store(p.l4 + 8, &ack, 0)?;
+    ctx.store(p.l4 + 12, &flags, 0)?;
+    // Swapping addresses and ports leaves both checksums as they are.
+    ctx.store(IP_SRC_OFF, &p.daddr, 0)?;
+    ctx.store(IP_DST_OFF, &p.saddr, 0)?;
+    ctx.store(p.l4, &p.dport, 0)?;
+    ctx.store(p.l4 + 2, &p.sport, 0)?;
+    bounce(ctx)
 }
 
 /// Sends the packet back out of the interface it came in on, as a reply from the gateway.
@@ -410,8 +442,11 @@ fn translate(ctx: &TcContext, scope: u8) -> Result<i32, i64> {
             count(STAT_DROP_NO_BACKEND);
             return Ok(TC_ACT_SHOT);
         }
-        // Left untranslated: the node's route for the service range rejects it at once.
         count(STAT_NO_ENDPOINTS);
+        if is_syn(ctx, &p) {
+            return refuse(ctx, &p);
+        }
+        // Left untranslated: the node's route for the service range rejects it at once.
         return Ok(TC_ACT_OK);
     }
     let hash = tuple_hash(p.saddr, p.daddr, p.sport, p.dport, p.proto);

@@ -206,6 +206,7 @@ impl Datapath {
     pub fn load(pins: &Path, sizes: Sizes) -> Result<Self, EbpfError> {
         ensure_bpffs(pins)?;
         std::fs::create_dir_all(pins.join("links"))?;
+        replace_incompatible_pins(pins, sizes)?;
         let mut bpf = aya::EbpfLoader::new()
             .default_map_pin_directory(pins)
             .map_max_entries("SERVICES", sizes.services)
@@ -535,12 +536,6 @@ impl Datapath {
         Ok(stale.len())
     }
 
-    /// Entries in the connection tracking map (a walk over it: for metrics, not hot paths).
-    pub fn conntrack_entries(&mut self) -> Result<usize, EbpfError> {
-        let map: BpfHashMap<&mut MapData, CtKey, CtValue> = self.hash_map("CT")?;
-        Ok(map.keys().filter(Result::is_ok).count())
-    }
-
     pub fn stats(&self) -> Result<Stats, EbpfError> {
         let map = self.bpf.map("STATS").ok_or(EbpfError::Map(
             "STATS",
@@ -548,25 +543,130 @@ impl Datapath {
                 name: "STATS".into(),
             },
         ))?;
-        let arr: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(map).map_err(|e| EbpfError::Map("STATS", e))?;
-        let sum = |slot: u32| -> Result<u64, EbpfError> {
-            Ok(arr
-                .get(&slot, 0)
-                .map_err(|e| EbpfError::Map("STATS", e))?
-                .iter()
-                .sum())
-        };
-        Ok(Stats {
-            translated: sum(skiff_ebpf_common::STAT_TRANSLATED)?,
-            replies: sum(skiff_ebpf_common::STAT_REPLIES)?,
-            dropped_no_backend: sum(skiff_ebpf_common::STAT_DROP_NO_BACKEND)?,
-            no_endpoints: sum(skiff_ebpf_common::STAT_NO_ENDPOINTS)?,
-            fib_miss: sum(skiff_ebpf_common::STAT_FIB_MISS)?,
-            sock_translated: sum(skiff_ebpf_common::STAT_SOCK_TRANSLATED)?,
-            dropped_error: sum(skiff_ebpf_common::STAT_DROP_ERROR)?,
-        })
+        stats_of(map)
     }
+}
+
+/// Unpins the maps an earlier agent left that this build cannot use as they are (another key
+/// or value layout, or another size than the flags ask for): aya would reuse a pinned map
+/// whatever its shape. They are created anew; what they held is lost.
+fn replace_incompatible_pins(pins: &Path, sizes: Sizes) -> Result<(), EbpfError> {
+    use std::mem::size_of;
+    let maps = [
+        (
+            "SERVICES",
+            size_of::<ServiceKey>(),
+            size_of::<ServiceValue>(),
+            Some(sizes.services),
+        ),
+        (
+            "BACKENDS",
+            size_of::<BackendKey>(),
+            size_of::<Backend>(),
+            Some(sizes.backends),
+        ),
+        (
+            "CT",
+            size_of::<CtKey>(),
+            size_of::<CtValue>(),
+            Some(sizes.conntrack),
+        ),
+        (
+            "AFFINITY",
+            size_of::<skiff_ebpf_common::AffinityKey>(),
+            size_of::<skiff_ebpf_common::AffinityValue>(),
+            Some(sizes.affinity),
+        ),
+        (
+            "MAGLEV",
+            size_of::<u32>(),
+            size_of::<MaglevTable>(),
+            Some(sizes.services),
+        ),
+        ("CONFIG", size_of::<u32>(), size_of::<NodeConfig>(), None),
+        ("STATS", size_of::<u32>(), size_of::<u64>(), None),
+    ];
+    for (name, key, value, entries) in maps {
+        let path = pins.join(name);
+        let Ok(info) = aya::maps::MapInfo::from_pin(&path) else {
+            continue;
+        };
+        if info.key_size() as usize != key
+            || info.value_size() as usize != value
+            || entries.is_some_and(|n| info.max_entries() != n)
+        {
+            tracing::warn!(
+                map = name,
+                "the pinned map has another layout or size than this agent's; replacing it (its entries are lost)"
+            );
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// The datapath's maps read through their pins, by readers that must not hold up the proxy
+/// (metrics): nothing here takes the `Datapath` lock, and nothing writes.
+pub struct Pinned {
+    pins: PathBuf,
+}
+
+impl Pinned {
+    pub fn new(pins: &Path) -> Self {
+        Self {
+            pins: pins.to_path_buf(),
+        }
+    }
+
+    fn open(&self, name: &'static str) -> Result<aya::maps::Map, EbpfError> {
+        MapData::from_pin(self.pins.join(name))
+            .and_then(aya::maps::Map::from_map_data)
+            .map_err(|e| EbpfError::Map(name, e))
+    }
+
+    pub fn stats(&self) -> Result<Stats, EbpfError> {
+        stats_of(&self.open("STATS")?)
+    }
+
+    /// Entries in the connection tracking map (a walk over it).
+    pub fn conntrack_entries(&self) -> Result<usize, EbpfError> {
+        count::<CtKey, CtValue>(&self.open("CT")?, "CT")
+    }
+
+    /// Service frontends in the map (a walk over it).
+    pub fn frontends(&self) -> Result<usize, EbpfError> {
+        count::<ServiceKey, ServiceValue>(&self.open("SERVICES")?, "SERVICES")
+    }
+}
+
+fn count<K: aya::Pod, V: aya::Pod>(
+    map: &aya::maps::Map,
+    name: &'static str,
+) -> Result<usize, EbpfError> {
+    let map: BpfHashMap<&MapData, K, V> =
+        BpfHashMap::try_from(map).map_err(|e| EbpfError::Map(name, e))?;
+    Ok(map.keys().filter(Result::is_ok).count())
+}
+
+fn stats_of(map: &aya::maps::Map) -> Result<Stats, EbpfError> {
+    let arr: PerCpuArray<&MapData, u64> =
+        PerCpuArray::try_from(map).map_err(|e| EbpfError::Map("STATS", e))?;
+    let sum = |slot: u32| -> Result<u64, EbpfError> {
+        Ok(arr
+            .get(&slot, 0)
+            .map_err(|e| EbpfError::Map("STATS", e))?
+            .iter()
+            .sum())
+    };
+    Ok(Stats {
+        translated: sum(skiff_ebpf_common::STAT_TRANSLATED)?,
+        replies: sum(skiff_ebpf_common::STAT_REPLIES)?,
+        dropped_no_backend: sum(skiff_ebpf_common::STAT_DROP_NO_BACKEND)?,
+        no_endpoints: sum(skiff_ebpf_common::STAT_NO_ENDPOINTS)?,
+        fib_miss: sum(skiff_ebpf_common::STAT_FIB_MISS)?,
+        sock_translated: sum(skiff_ebpf_common::STAT_SOCK_TRANSLATED)?,
+        dropped_error: sum(skiff_ebpf_common::STAT_DROP_ERROR)?,
+    })
 }
 
 /// Loads the datapath with its pins under `pins` and attaches what does not depend on pods: the
