@@ -100,6 +100,11 @@ pub fn render(s: &Sources) -> String {
                 st.dropped_error,
             ),
             (
+                "skiff_ebpf_stale_replies_total",
+                "Stale reply entries dropped (a direct connection on a tuple a service connection used).",
+                st.stale,
+            ),
+            (
                 "skiff_ebpf_fib_miss_total",
                 "Packets the FIB could not forward (left to the stack).",
                 st.fib_miss,

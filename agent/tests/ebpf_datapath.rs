@@ -213,6 +213,59 @@ fn service_traffic_is_translated_both_ways_and_survives_a_reload() {
     let stats = dp.stats().unwrap();
     assert!(stats.translated >= 2 && stats.replies >= 2, "{stats:?}");
 
+    // A client that reached the backend through the frontend from one port, and later reaches
+    // it directly from the same port, talks to the backend itself: the old connection's reply
+    // entry does not turn the direct connection's replies into the frontend's.
+    let direct = SocketAddr::from((backend_ip, 8080));
+    let port = 40_000 + (std::process::id() % 20_000) as u16;
+    let via = in_ns(&c, move || from_port(port, SocketAddr::from((vip, 80))));
+    assert_eq!(via.unwrap().0, SocketAddr::from((vip, 80)));
+    // Past the window in which a SYN on a tracked tuple counts as a retransmission.
+    std::thread::sleep(Duration::from_millis(3_500));
+    let (peer, seen) = in_ns(&c, move || from_port(port, direct))
+        .expect("a direct connection from the port a service connection used");
+    assert_eq!((peer, seen.as_str()), (direct, client.as_str()));
+
+    // The router's own sockets (a node's) are pointed at the backend by the socket programs:
+    // TCP connects, and unconnected UDP both ways, each showing the frontend as the peer.
+    let mut dp = dp;
+    let router = in_ns(&h, move || {
+        dp.set_config(Ipv4Addr::new(10, 0, 0, 1)).unwrap();
+        dp.attach_sockets().unwrap();
+        dp
+    });
+    let dp = router;
+    let (tcp_peer, tcp_seen, udp_from, udp_seen) = in_ns(&h, move || {
+        let mut s =
+            TcpStream::connect_timeout(&SocketAddr::from((vip, 80)), Duration::from_secs(3))
+                .unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s.write_all(b"hi").unwrap();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap();
+        let tcp = (
+            s.peer_addr().unwrap(),
+            String::from_utf8_lossy(&buf[..n]).into_owned(),
+        );
+        let u = UdpSocket::bind("0.0.0.0:0").unwrap();
+        u.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        u.send_to(b"hi", (vip, 81)).unwrap();
+        let (n, from) = u.recv_from(&mut buf).unwrap();
+        (
+            tcp.0,
+            tcp.1,
+            from,
+            String::from_utf8_lossy(&buf[..n]).into_owned(),
+        )
+    });
+    let router_ip = backend_ip.octets();
+    let router_ip = format!("{}.{}.{}.1", router_ip[0], router_ip[1], router_ip[2]);
+    assert_eq!(tcp_peer, SocketAddr::from((vip, 80)));
+    assert_eq!(tcp_seen, router_ip);
+    assert_eq!(udp_from, SocketAddr::from((vip, 81)));
+    assert_eq!(udp_seen, router_ip);
+    assert!(dp.stats().unwrap().sock_translated >= 2);
+
     // A new loader (an agent restart) takes over the pinned maps and links: the established
     // connection keeps working.
     drop(dp);
@@ -222,6 +275,28 @@ fn service_traffic_is_translated_both_ways_and_survives_a_reload() {
     let mut buf = [0u8; 64];
     let n = conn.read(&mut buf).unwrap();
     assert_eq!(String::from_utf8_lossy(&buf[..n]), client);
+}
+
+/// One exchange over TCP from local port `port`: the peer and what it answered.
+fn from_port(port: u16, to: SocketAddr) -> Result<(SocketAddr, String), String> {
+    use socket2::{Domain, Socket, Type};
+    let e = |e: std::io::Error| e.to_string();
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(e)?;
+    s.set_reuse_address(true).map_err(e)?;
+    s.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into())
+        .map_err(e)?;
+    s.connect_timeout(&to.into(), Duration::from_millis(800))
+        .map_err(e)?;
+    let mut s: TcpStream = s.into();
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(e)?;
+    s.write_all(b"hi").map_err(e)?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).map_err(e)?;
+    Ok((
+        s.peer_addr().map_err(e)?,
+        String::from_utf8_lossy(&buf[..n]).into_owned(),
+    ))
 }
 
 fn connects(ns: &str, to: SocketAddr) -> Result<String, String> {

@@ -246,6 +246,21 @@ fn conformance(mode: &str) {
         "node -> ClusterIP: {got:?}"
     );
 
+    // node -> ClusterIP over UDP from an unconnected socket: answered by a web pod, and the
+    // reply comes from the ClusterIP the node sent to.
+    let script = format!(
+        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3); \
+         s.sendto(b'hostname', ('{vip}', 81)); d, a = s.recvfrom(1024); print(d.decode(), a[0], a[1])"
+    );
+    let mut cmd = s.c.in_node(1, "python3");
+    cmd.args(["-c", &script]);
+    let out = output(cmd).unwrap_or_else(|e| panic!("node -> ClusterIP over UDP: {e}"));
+    let words: Vec<&str> = out.split_whitespace().collect();
+    assert!(
+        matches!(words[..], [pod, from, "81"] if all.contains(pod) && from == vip),
+        "node -> ClusterIP over UDP: {out}"
+    );
+
     // Multi-port service, UDP port with a named targetPort.
     let udp = in_pod(
         &s.client_on(1).container,

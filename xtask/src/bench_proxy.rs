@@ -349,15 +349,15 @@ fn freeze_others(c: &Cluster, sides: &[Side], k: usize, frozen: bool) {
 }
 
 /// Gives each probe service its EndpointSlice, one at a time; returns the time (ms) from each
-/// create call until `side` connects to the service.
+/// create call until `side` connects to the service, and how long each create call took.
 async fn time_changes(
     client: &kube::Client,
     side: &Side,
     probes: &[String],
     backends: &[Ipv4Addr],
-) -> Result<Vec<f64>> {
+) -> Result<(Vec<f64>, Vec<f64>)> {
     let slices: Api<EndpointSlice> = Api::default_namespaced(client.clone());
-    let mut out = Vec::new();
+    let (mut out, mut calls) = (Vec::new(), Vec::new());
     for p in probes {
         let vip = SocketAddr::from((cluster_ip(client, p).await?, 80));
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -367,13 +367,14 @@ async fn time_changes(
         }
         let t0 = Instant::now();
         slices.create(&PostParams::default(), &slice).await?;
+        calls.push(t0.elapsed().as_secs_f64() * 1e3);
         side.send(Job::UntilOpen(vip, Duration::from_secs(30)))?;
         let Answer::Open(at) = side.recv()? else {
             bail!("unexpected answer");
         };
         out.push(at?.duration_since(t0).as_secs_f64() * 1e3);
     }
-    Ok(out)
+    Ok((out, calls))
 }
 
 fn stats(v: &[f64]) -> Value {
@@ -493,6 +494,7 @@ async fn measure(
         // mode's work (iptables restores at 30,000 services never stop) does not take the
         // cores from the other's, as on a real node that runs one proxy.
         let mut change_ms = vec![Vec::new(); sides.len()];
+        let mut create_ms = vec![Vec::new(); sides.len()];
         let mut last_change: Option<&String> = None;
         for (k, s) in sides.iter().enumerate() {
             if full[k].is_none() {
@@ -510,7 +512,7 @@ async fn measure(
             freeze_others(c, &sides, k, true);
             let timed = time_changes(&client, s, &probes[k], &probe_backends).await;
             freeze_others(c, &sides, k, false);
-            change_ms[k] = timed?;
+            (change_ms[k], create_ms[k]) = timed?;
             last_change = probes[k].last();
         }
         // Latency in interleaved rounds, so the machine's noise hits every mode alike.
@@ -574,8 +576,13 @@ async fn measure(
                 "converged": full[k].is_some(),
                 "full_sync_ms": {"median": full[k].as_deref().map(median), "samples": full[k]},
                 "change_ms": {"p50": stats(&change_ms[k])["p50"], "p99": stats(&change_ms[k])["p99"],
-                              "samples": change_ms[k]},
-                "connect_ms": {"cluster_ip": stats(&lat[k][0]), "pod_ip": stats(&lat[k][1])},
+                              "samples": change_ms[k],
+                              "create_call": {"p50": stats(&create_ms[k])["p50"],
+                                              "p99": stats(&create_ms[k])["p99"],
+                                              "samples": create_ms[k]}},
+                "connect_ms": {"cluster_ip": stats(&lat[k][0]), "pod_ip": stats(&lat[k][1]),
+                               "failed": {"cluster_ip": per_round * 5 - lat[k][0].len(),
+                                          "pod_ip": per_round * 5 - lat[k][1].len()}},
                 "throughput_gbps": {"cluster_ip": median(&tput[k][0]), "pod_ip": median(&tput[k][1]),
                                     "samples": {"cluster_ip": tput[k][0], "pod_ip": tput[k][1]}},
             });

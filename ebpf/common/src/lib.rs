@@ -135,8 +135,8 @@ pub struct CtValue {
     pub dport: u16,
     pub flags: u8,
     pub _pad: [u8; 3],
-    /// When the connection was set up (bpf_ktime_get_ns), so a reused tuple is told from a
-    /// retransmitted SYN.
+    /// When the connection's last SYN went through (bpf_ktime_get_ns): a reused tuple is told
+    /// from a retransmitted SYN, and a reply entry from a stale one.
     pub created: u64,
 }
 
@@ -181,6 +181,26 @@ impl NodeConfig {
     }
 }
 
+/// A backend a node socket's UDP datagrams were sent to: the socket (its cookie) and the
+/// backend's address and port. Replies from it are shown to the socket as the frontend's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockKey {
+    pub cookie: u64,
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// The frontend a socket addressed (network byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockValue {
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
 /// Source address of hairpin traffic (a pod reaching itself through a service): link-local
 /// and owned by nobody, so the pod answers it through its gateway, where the datapath sits.
 pub const HAIRPIN_ADDR: [u8; 4] = [169, 254, 42, 1];
@@ -198,7 +218,9 @@ pub const STAT_FIB_MISS: u32 = 4;
 pub const STAT_SOCK_TRANSLATED: u32 = 5;
 /// Packets the datapath could not rewrite (dropped).
 pub const STAT_DROP_ERROR: u32 = 6;
-pub const STAT_SLOTS: u32 = 7;
+/// Stale reply entries dropped (a direct connection on a tuple a service connection used).
+pub const STAT_STALE: u32 = 7;
+pub const STAT_SLOTS: u32 = 8;
 
 #[cfg(feature = "user")]
 mod user {
@@ -217,6 +239,10 @@ mod user {
     unsafe impl aya::Pod for super::CtValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::AffinityKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::AffinityValue {}
     // SAFETY: as above.

@@ -6,8 +6,10 @@
 //!   service and replies are turned back into the frontend the client asked for;
 //! - `skiff_to_pod` (tc egress of a pod's host veth) translates replies that reach a client pod
 //!   from a backend on another node;
-//! - `skiff_sock_connect4` (cgroup connect4) points the node's own sockets straight at a
-//!   backend, so node traffic needs no per-packet translation at all.
+//! - `skiff_sock_connect4` and `skiff_sock_sendmsg4` (cgroup) point the node's own sockets
+//!   straight at a backend, so node traffic needs no per-packet translation at all, and
+//!   `skiff_sock_recvmsg4` and `skiff_sock_getpeername4` show the frontend where the socket
+//!   would see the backend (UDP replies, a connected socket's peer).
 //!
 //! A pod's packets to a backend in the pod network are routed by the datapath itself (FIB lookup,
 //! TTL, redirect to the bridge or the overlay), so the service path costs no more than the
@@ -27,8 +29,8 @@ use aya_ebpf::bindings::{
     TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup as FibParams,
 };
 use aya_ebpf::helpers::{
-    bpf_fib_lookup, bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect,
-    bpf_redirect_neigh,
+    bpf_fib_lookup, bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie,
+    bpf_ktime_get_ns, bpf_redirect, bpf_redirect_neigh,
 };
 use aya_ebpf::macros::{cgroup_sock_addr, classifier, map};
 use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray};
@@ -37,8 +39,9 @@ use skiff_ebpf_common::{
     AffinityKey, AffinityValue, Backend, BackendKey, CT_BOUNCE, CT_FIB, CT_NAT_DST, CT_NAT_SRC,
     CT_REPLY, CT_ROUTE, CtKey, CtValue, HAIRPIN_ADDR, MaglevTable, NodeConfig, PROTO_TCP,
     PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, STAT_DROP_ERROR, STAT_DROP_NO_BACKEND,
-    STAT_FIB_MISS, STAT_NO_ENDPOINTS, STAT_REPLIES, STAT_SLOTS, STAT_SOCK_TRANSLATED,
-    STAT_TRANSLATED, SVC_AFFINITY, SVC_MAGLEV, SVC_SNAT, ServiceKey, ServiceValue, tuple_hash,
+    STAT_FIB_MISS, STAT_NO_ENDPOINTS, STAT_REPLIES, STAT_SLOTS, STAT_SOCK_TRANSLATED, STAT_STALE,
+    STAT_TRANSLATED, SVC_AFFINITY, SVC_MAGLEV, SVC_SNAT, ServiceKey, ServiceValue, SockKey,
+    SockValue, tuple_hash,
 };
 
 /// Sizes are defaults; the agent sets them at load time.
@@ -53,6 +56,9 @@ static AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(65_
 /// Allocated as sets get tables (BPF_F_NO_PREALLOC): a table is 2 KiB.
 #[map]
 static MAGLEV: HashMap<u32, MaglevTable> = HashMap::pinned(65_536, 1);
+/// The backends node sockets were pointed at: replies and peer names show the frontend.
+#[map]
+static SOCK_NAT: LruHashMap<SockKey, SockValue> = LruHashMap::pinned(65_536, 0);
 #[map]
 static CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
 #[map]
@@ -406,6 +412,44 @@ fn config() -> Option<NodeConfig> {
     CONFIG.get(0).copied()
 }
 
+/// A reply entry answers the connection whose SYN last went through it; a SYN-ACK long after
+/// that SYN answers another connection on the same tuple, one that never went through the
+/// service (a client reaching the backend directly from a port an earlier service connection
+/// used). The stale entry goes, and the packet passes untranslated.
+#[inline(always)]
+fn stale_reply(ctx: &TcContext, p: &Packet, key: &CtKey, v: &CtValue) -> bool {
+    let syn_ack = p.proto == PROTO_TCP
+        && ctx
+            .load::<u8>(p.l4 + 13)
+            .is_ok_and(|f| f & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK);
+    if syn_ack && now().saturating_sub(v.created) > SYN_REUSE_NS {
+        let _ = CT.remove(key);
+        count(STAT_STALE);
+        return true;
+    }
+    false
+}
+
+/// Marks both directions of a tracked connection as having seen a SYN at `t`.
+#[inline(always)]
+fn refresh(key: &CtKey, v: &CtValue, t: u64) {
+    let back = CtKey {
+        saddr: v.daddr,
+        daddr: v.saddr,
+        sport: v.dport,
+        dport: v.sport,
+        proto: key.proto,
+        _pad: [0; 3],
+    };
+    for k in [key, &back] {
+        if let Some(e) = CT.get_ptr_mut(k) {
+            // SAFETY: a value of the map, written in place; a racing writer at worst leaves
+            // the other timestamp, which only moves the 3 s window.
+            unsafe { (*e).created = t };
+        }
+    }
+}
+
 /// The translation both ingress hooks share; `scope` says where the packet came from.
 #[inline(always)]
 fn translate(ctx: &TcContext, scope: u8) -> Result<i32, i64> {
@@ -415,16 +459,23 @@ fn translate(ctx: &TcContext, scope: u8) -> Result<i32, i64> {
     let key = p.key();
     // SAFETY: copied out at once.
     if let Some(v) = unsafe { CT.get(key) }.copied() {
-        let reused = v.flags & CT_REPLY == 0
-            && is_syn(ctx, &p)
-            && now().saturating_sub(v.created) > SYN_REUSE_NS;
-        if !reused {
-            count(if v.flags & CT_REPLY != 0 {
-                STAT_REPLIES
-            } else {
-                STAT_TRANSLATED
-            });
-            return apply(ctx, &p, &v);
+        if v.flags & CT_REPLY != 0 {
+            if !stale_reply(ctx, &p, &key, &v) {
+                count(STAT_REPLIES);
+                return apply(ctx, &p, &v);
+            }
+        } else {
+            let syn = is_syn(ctx, &p);
+            let t = if syn { now() } else { 0 };
+            // A SYN long after the last one opens a new connection on a reused port.
+            if !(syn && t.saturating_sub(v.created) > SYN_REUSE_NS) {
+                if syn {
+                    // A retransmission: both directions stay fresh for its answer.
+                    refresh(&key, &v, t);
+                }
+                count(STAT_TRANSLATED);
+                return apply(ctx, &p, &v);
+            }
         }
     }
     let skey = ServiceKey {
@@ -549,11 +600,12 @@ fn try_to_pod(ctx: &TcContext) -> Result<i32, i64> {
     let Some(p) = parse(ctx) else {
         return Ok(TC_ACT_OK);
     };
+    let key = p.key();
     // SAFETY: copied out at once.
-    let Some(v) = unsafe { CT.get(p.key()) }.copied() else {
+    let Some(v) = unsafe { CT.get(key) }.copied() else {
         return Ok(TC_ACT_OK);
     };
-    if v.flags & CT_REPLY == 0 {
+    if v.flags & CT_REPLY == 0 || stale_reply(ctx, &p, &key, &v) {
         return Ok(TC_ACT_OK);
     }
     count(STAT_REPLIES);
@@ -570,18 +622,45 @@ fn try_to_pod(ctx: &TcContext) -> Result<i32, i64> {
 
 #[cgroup_sock_addr(connect4)]
 pub fn skiff_sock_connect4(ctx: SockAddrContext) -> i32 {
-    connect4(&ctx);
+    to_backend(&ctx);
     // Never refuse a connect: what is not a frontend goes on as asked.
     1
 }
 
+/// Unconnected UDP: each datagram to a frontend goes to a backend.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn skiff_sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    to_backend(&ctx);
+    1
+}
+
+/// UDP replies from a backend are shown to the socket as coming from the frontend it
+/// addressed, as a client comparing the reply's source expects.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn skiff_sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    from_backend(&ctx);
+    1
+}
+
+/// A connected socket's peer is the frontend it connected to.
+#[cgroup_sock_addr(getpeername4)]
+pub fn skiff_sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    from_backend(&ctx);
+    1
+}
+
+/// This node's sockets only: the cgroup is shared with every namespace on the machine.
 #[inline(always)]
-fn connect4(ctx: &SockAddrContext) {
-    let Some(cfg) = config() else { return };
+fn ours(ctx: &SockAddrContext) -> Option<NodeConfig> {
+    let cfg = config()?;
     // SAFETY: the helper takes this program's context.
-    if unsafe { bpf_get_netns_cookie(ctx.as_ptr().cast::<c_void>()) } != cfg.netns_cookie {
-        return;
-    }
+    let cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr().cast::<c_void>()) };
+    (cookie == cfg.netns_cookie).then_some(cfg)
+}
+
+#[inline(always)]
+fn to_backend(ctx: &SockAddrContext) {
+    let Some(cfg) = ours(ctx) else { return };
     let sa = ctx.sock_addr;
     // SAFETY: the kernel's context for this program, valid for its run.
     let (addr, port, protocol) = unsafe { ((*sa).user_ip4, (*sa).user_port, (*sa).protocol) };
@@ -602,12 +681,53 @@ fn connect4(ctx: &SockAddrContext) {
     let Some(b) = select(&svc, cfg.node_addr, None, now()) else {
         return;
     };
-    // SAFETY: as above; both fields are writable for connect4.
+    let sock = SockKey {
+        // SAFETY: the helper takes this program's context.
+        cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr().cast::<c_void>()) },
+        addr: b.addr,
+        port: b.port,
+        _pad: 0,
+    };
+    let front = SockValue {
+        addr,
+        port: key.port,
+        _pad: 0,
+    };
+    if SOCK_NAT.insert(sock, front, 0).is_err() {
+        // Without it the socket would see the backend: better not to translate at all.
+        return;
+    }
+    // SAFETY: as above; both fields are writable for connect4 and sendmsg4.
     unsafe {
         (*sa).user_ip4 = b.addr;
         (*sa).user_port = u32::from(b.port);
     }
     count(STAT_SOCK_TRANSLATED);
+}
+
+#[inline(always)]
+fn from_backend(ctx: &SockAddrContext) {
+    if ours(ctx).is_none() {
+        return;
+    }
+    let sa = ctx.sock_addr;
+    // SAFETY: the kernel's context for this program, valid for its run.
+    let (addr, port) = unsafe { ((*sa).user_ip4, (*sa).user_port) };
+    let sock = SockKey {
+        // SAFETY: the helper takes this program's context.
+        cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr().cast::<c_void>()) },
+        addr,
+        port: port as u16,
+        _pad: 0,
+    };
+    // SAFETY: copied out at once.
+    if let Some(front) = unsafe { SOCK_NAT.get(sock) }.copied() {
+        // SAFETY: as above; recvmsg4 may rewrite the source it reports.
+        unsafe {
+            (*sa).user_ip4 = front.addr;
+            (*sa).user_port = u32::from(front.port);
+        }
+    }
 }
 
 #[cfg(not(test))]

@@ -26,7 +26,13 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!("../../../../ebpf/prebuilt/sk
 const FROM_POD: &str = "skiff_from_pod";
 const TO_POD: &str = "skiff_to_pod";
 const FROM_WORLD: &str = "skiff_from_world";
-const CONNECT4: &str = "skiff_sock_connect4";
+/// The socket programs, each with the name of its link's pin.
+const SOCKET_PROGRAMS: [(&str, &str); 4] = [
+    ("skiff_sock_connect4", "cgroup-connect4"),
+    ("skiff_sock_sendmsg4", "cgroup-sendmsg4"),
+    ("skiff_sock_recvmsg4", "cgroup-recvmsg4"),
+    ("skiff_sock_getpeername4", "cgroup-getpeername4"),
+];
 const BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
@@ -87,6 +93,7 @@ pub struct Stats {
     pub fib_miss: u64,
     pub sock_translated: u64,
     pub dropped_error: u64,
+    pub stale: u64,
 }
 
 pub struct Datapath {
@@ -135,10 +142,6 @@ pub fn wire_addr(ip: Ipv4Addr) -> u32 {
 
 pub fn wire_port(port: u16) -> u16 {
     port.to_be()
-}
-
-fn sock_program(bpf: &mut aya::Ebpf) -> Result<&mut CgroupSockAddr, EbpfError> {
-    program(bpf, CONNECT4)
 }
 
 /// This thread's network namespace, as the kernel's socket programs name it.
@@ -220,9 +223,11 @@ impl Datapath {
                 .load()
                 .map_err(|e| EbpfError::Program(name, e))?;
         }
-        sock_program(&mut bpf)?
-            .load()
-            .map_err(|e| EbpfError::Program(CONNECT4, e))?;
+        for (name, _) in SOCKET_PROGRAMS {
+            program::<CgroupSockAddr>(&mut bpf, name)?
+                .load()
+                .map_err(|e| EbpfError::Program(name, e))?;
+        }
         Ok(Self {
             bpf,
             links: pins.join("links"),
@@ -319,32 +324,35 @@ impl Datapath {
         Ok(())
     }
 
-    /// Attaches the socket program to the root of the cgroup v2 hierarchy, where it sees every
-    /// socket of the machine and acts on those of this node's namespace (its cookie is in
+    /// Attaches the socket programs to the root of the cgroup v2 hierarchy, where they see
+    /// every socket of the machine and act on those of this node's namespace (its cookie is in
     /// `CONFIG`). A link from an earlier agent is replaced after the new one is in place, so
     /// the node's connects are translated throughout.
     pub fn attach_sockets(&mut self) -> Result<(), EbpfError> {
         let root = cgroup2_root()?;
         let dir = std::fs::File::open(&root)?;
-        let prog = sock_program(&mut self.bpf)?;
-        let id = prog
-            // A bpf_link takes no flags: links always share their cgroup with others.
-            .attach(&dir, CgroupAttachMode::Single)
-            .map_err(|e| EbpfError::Program(CONNECT4, e))?;
-        let link: FdLink = prog
-            .take_link(id)
-            .map_err(|e| EbpfError::Program(CONNECT4, e))?
-            .try_into()
-            .map_err(|e: aya::programs::links::LinkError| {
-                EbpfError::Pin("cgroup".into(), e.to_string())
-            })?;
-        let pin = self.links.join("cgroup-connect4");
-        let fresh = self.links.join("cgroup-connect4-new");
-        let _ = std::fs::remove_file(&fresh);
-        link.pin(&fresh)
-            .map_err(|e| EbpfError::Pin("cgroup".into(), e.to_string()))?;
-        // The rename drops the old link's pin: the kernel detaches it. (bpffs names take no dots.)
-        std::fs::rename(&fresh, &pin)?;
+        for (name, pin) in SOCKET_PROGRAMS {
+            let prog = program::<CgroupSockAddr>(&mut self.bpf, name)?;
+            let id = prog
+                // A bpf_link takes no flags: links always share their cgroup with others.
+                .attach(&dir, CgroupAttachMode::Single)
+                .map_err(|e| EbpfError::Program(name, e))?;
+            let link: FdLink = prog
+                .take_link(id)
+                .map_err(|e| EbpfError::Program(name, e))?
+                .try_into()
+                .map_err(|e: aya::programs::links::LinkError| {
+                    EbpfError::Pin("cgroup".into(), e.to_string())
+                })?;
+            let pin = self.links.join(pin);
+            let fresh = pin.with_file_name(format!("{}-new", pin.display()));
+            let _ = std::fs::remove_file(&fresh);
+            link.pin(&fresh)
+                .map_err(|e| EbpfError::Pin("cgroup".into(), e.to_string()))?;
+            // The rename drops the old link's pin: the kernel detaches it. (bpffs names take
+            // no dots.)
+            std::fs::rename(&fresh, &pin)?;
+        }
         Ok(())
     }
 
@@ -585,6 +593,12 @@ fn replace_incompatible_pins(pins: &Path, sizes: Sizes) -> Result<(), EbpfError>
         ),
         ("CONFIG", size_of::<u32>(), size_of::<NodeConfig>(), None),
         ("STATS", size_of::<u32>(), size_of::<u64>(), None),
+        (
+            "SOCK_NAT",
+            size_of::<skiff_ebpf_common::SockKey>(),
+            size_of::<skiff_ebpf_common::SockValue>(),
+            None,
+        ),
     ];
     for (name, key, value, entries) in maps {
         let path = pins.join(name);
@@ -666,6 +680,7 @@ fn stats_of(map: &aya::maps::Map) -> Result<Stats, EbpfError> {
         fib_miss: sum(skiff_ebpf_common::STAT_FIB_MISS)?,
         sock_translated: sum(skiff_ebpf_common::STAT_SOCK_TRANSLATED)?,
         dropped_error: sum(skiff_ebpf_common::STAT_DROP_ERROR)?,
+        stale: sum(skiff_ebpf_common::STAT_STALE)?,
     })
 }
 
