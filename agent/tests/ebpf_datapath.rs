@@ -186,16 +186,7 @@ fn service_traffic_is_translated_both_ways_and_survives_a_reload() {
     let dp = in_ns(&h, load(pins.clone()));
 
     // TCP through the frontend: the backend sees the client; the client talks to the VIP.
-    let (first, conn) = in_ns(&c, move || {
-        let mut s =
-            TcpStream::connect_timeout(&SocketAddr::from((vip, 80)), Duration::from_secs(3))
-                .unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-        s.write_all(b"hi").unwrap();
-        let mut buf = [0u8; 64];
-        let n = s.read(&mut buf).unwrap();
-        (String::from_utf8_lossy(&buf[..n]).into_owned(), s)
-    });
+    let (first, conn) = in_ns(&c, move || exchange(SocketAddr::from((vip, 80))));
     assert_eq!(first, client, "the backend sees the client's own address");
     assert_eq!(conn.peer_addr().unwrap(), SocketAddr::from((vip, 80)));
 
@@ -236,17 +227,9 @@ fn service_traffic_is_translated_both_ways_and_survives_a_reload() {
     });
     let dp = router;
     let (tcp_peer, tcp_seen, udp_from, udp_seen) = in_ns(&h, move || {
-        let mut s =
-            TcpStream::connect_timeout(&SocketAddr::from((vip, 80)), Duration::from_secs(3))
-                .unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-        s.write_all(b"hi").unwrap();
+        let (seen, s) = exchange(SocketAddr::from((vip, 80)));
+        let tcp = (s.peer_addr().unwrap(), seen);
         let mut buf = [0u8; 64];
-        let n = s.read(&mut buf).unwrap();
-        let tcp = (
-            s.peer_addr().unwrap(),
-            String::from_utf8_lossy(&buf[..n]).into_owned(),
-        );
         let u = UdpSocket::bind("0.0.0.0:0").unwrap();
         u.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         u.send_to(b"hi", (vip, 81)).unwrap();
@@ -275,6 +258,16 @@ fn service_traffic_is_translated_both_ways_and_survives_a_reload() {
     let mut buf = [0u8; 64];
     let n = conn.read(&mut buf).unwrap();
     assert_eq!(String::from_utf8_lossy(&buf[..n]), client);
+}
+
+/// Connects to `to`, says hi and returns the answer with the open connection.
+fn exchange(to: SocketAddr) -> (String, TcpStream) {
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.write_all(b"hi").unwrap();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap();
+    (String::from_utf8_lossy(&buf[..n]).into_owned(), s)
 }
 
 /// One exchange over TCP from local port `port`: the peer and what it answered.
