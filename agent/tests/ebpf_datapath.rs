@@ -217,15 +217,40 @@ fn service_traffic_is_translated_both_ways_and_survives_a_reload() {
         .expect("a direct connection from the port a service connection used");
     assert_eq!((peer, seen.as_str()), (direct, client.as_str()));
 
-    // The router's own sockets (a node's) are pointed at the backend by the socket programs:
-    // TCP connects, and unconnected UDP both ways, each showing the frontend as the peer.
+    // A pod's TCP connects are translated by the socket programs once its namespace is known:
+    // the connection is the backend's from the start (its peer name still the frontend), so
+    // nothing of it goes through the veth programs.
     let mut dp = dp;
-    let router = in_ns(&h, move || {
+    let (dp, before) = in_ns(&h, move || {
         dp.set_config(Ipv4Addr::new(10, 0, 0, 1)).unwrap();
         dp.attach_sockets().unwrap();
-        dp
+        let before = dp.stats().unwrap();
+        (dp, before)
     });
-    let dp = router;
+    let client_ip: Ipv4Addr = client.parse().unwrap();
+    let mut dp = dp;
+    dp.add_pod(
+        std::path::Path::new(&format!("/var/run/netns/{c}")),
+        client_ip,
+    )
+    .unwrap();
+    let (seen, conn2) = in_ns(&c, move || exchange(SocketAddr::from((vip, 80))));
+    assert_eq!(seen, client);
+    assert_eq!(conn2.peer_addr().unwrap(), SocketAddr::from((vip, 80)));
+    let after = dp.stats().unwrap();
+    assert_eq!(
+        after.sock_translated,
+        before.sock_translated + 1,
+        "{after:?}"
+    );
+    assert_eq!(
+        after.translated, before.translated,
+        "the veth programs translated it"
+    );
+    drop(conn2);
+
+    // The router's own sockets (a node's) are pointed at the backend by the socket programs:
+    // TCP connects, and unconnected UDP both ways, each showing the frontend as the peer.
     let (tcp_peer, tcp_seen, udp_from, udp_seen) = in_ns(&h, move || {
         let (seen, s) = exchange(SocketAddr::from((vip, 80)));
         let tcp = (s.peer_addr().unwrap(), seen);

@@ -216,9 +216,10 @@ impl ClusterConfig {
     }
 }
 
-/// Called with the host-side name of every pod veth once it is wired (the eBPF datapath
-/// attaches to it there, before the pod's containers start).
-pub type VethHook = Arc<dyn Fn(&str) + Send + Sync>;
+/// Called with the host-side name of every pod veth once it is wired, and the pod's sandbox
+/// pid and address when the wiring is new (the eBPF datapath attaches to the veth there and
+/// learns the pod's namespace, before the pod's containers start).
+pub type VethHook = Arc<dyn Fn(&str, Option<(u32, Ipv4Addr)>) + Send + Sync>;
 
 /// Pods' side of the node's network: the bridge, addresses and per-pod files.
 pub struct PodNetwork {
@@ -277,7 +278,7 @@ impl PodNetwork {
         };
         bridge::wire(&self.handle, self.bridge, &link).await?;
         if let Some(hook) = self.veth_hook.get() {
-            hook(&bridge::host_veth(uid));
+            hook(&bridge::host_veth(uid), Some((pid, ip)));
         }
         Ok(ip)
     }
@@ -286,8 +287,9 @@ impl PodNetwork {
     pub async fn set_veth_hook(&self, hook: VethHook) -> Result<(), NetworkError> {
         // Set first: a veth wired meanwhile is then hooked twice, which is harmless.
         let _ = self.veth_hook.set(Arc::clone(&hook));
+        // Their pods' namespaces were learnt when they were wired (the map is pinned).
         for name in self.wired().await? {
-            hook(&name);
+            hook(&name, None);
         }
         Ok(())
     }

@@ -239,7 +239,11 @@ pub async fn run(
                 let changes = model.take_changes();
                 let Some(mut p) = proxier.take() else { break };
                 let started = Instant::now();
-                last_sync = Some(started);
+                // The minimum period batches bursts of changes; a full sync leaves nothing to
+                // batch, so the first change after one goes at once.
+                if !changes.full && !changes.services.is_empty() {
+                    last_sync = Some(started);
+                }
                 let (p, result) = match tokio::task::spawn_blocking(move || {
                     let r = p.sync(changes);
                     (p, r)
@@ -280,6 +284,8 @@ pub async fn run(
                         m.failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         failures += 1;
                         pass_started = None;
+                        // Failures back off from here, whatever the sync was.
+                        last_sync = Some(started);
                         tracing::warn!("proxy sync failed (a full sync follows): {e}");
                         model.force_full();
                     }

@@ -59,6 +59,11 @@ static MAGLEV: HashMap<u32, MaglevTable> = HashMap::pinned(65_536, 1);
 /// The backends node sockets were pointed at: replies and peer names show the frontend.
 #[map]
 static SOCK_NAT: LruHashMap<SockKey, SockValue> = LruHashMap::pinned(65_536, 0);
+/// The network namespaces of this node's pods (by cookie) with each pod's address: their TCP
+/// connects to a frontend go straight to a backend, as the node's own do. LRU: an entry
+/// lost to a crowd of newer pods only sends its pod back to the veth programs.
+#[map]
+static POD_NETNS: LruHashMap<u64, u32> = LruHashMap::pinned(16_384, 0);
 #[map]
 static CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
 #[map]
@@ -651,16 +656,32 @@ pub fn skiff_sock_getpeername4(ctx: SockAddrContext) -> i32 {
 
 /// This node's sockets only: the cgroup is shared with every namespace on the machine.
 #[inline(always)]
-fn ours(ctx: &SockAddrContext) -> Option<NodeConfig> {
+/// Whose socket this is: the node's own (its address), or a pod's of this node (the pod's
+/// address, from `POD_NETNS`). Every other namespace on the machine is left alone.
+#[inline(always)]
+fn whose(ctx: &SockAddrContext) -> Option<Client> {
     let cfg = config()?;
     // SAFETY: the helper takes this program's context.
     let cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr().cast::<c_void>()) };
-    (cookie == cfg.netns_cookie).then_some(cfg)
+    if cookie == cfg.netns_cookie {
+        return Some(Client {
+            addr: cfg.node_addr,
+            pod: false,
+        });
+    }
+    // SAFETY: copied out at once.
+    let addr = unsafe { POD_NETNS.get(cookie) }.copied()?;
+    Some(Client { addr, pod: true })
+}
+
+struct Client {
+    addr: u32,
+    pod: bool,
 }
 
 #[inline(always)]
 fn to_backend(ctx: &SockAddrContext) {
-    let Some(cfg) = ours(ctx) else { return };
+    let Some(client) = whose(ctx) else { return };
     let sa = ctx.sock_addr;
     // SAFETY: the kernel's context for this program, valid for its run.
     let (addr, port, protocol) = unsafe { ((*sa).user_ip4, (*sa).user_port, (*sa).protocol) };
@@ -670,6 +691,11 @@ fn to_backend(ctx: &SockAddrContext) {
         proto: protocol as u8,
         scope: SCOPE_INTERNAL,
     };
+    // A pod's UDP stays with the veth programs, whose tracked flows follow a backend that goes
+    // (a connected socket would keep sending to it).
+    if client.pod && key.proto != PROTO_TCP {
+        return;
+    }
     // SAFETY: copied out at once.
     let Some(svc) = unsafe { SERVICES.get(key) }.copied() else {
         return;
@@ -678,9 +704,13 @@ fn to_backend(ctx: &SockAddrContext) {
         count(STAT_NO_ENDPOINTS);
         return;
     }
-    let Some(b) = select(&svc, cfg.node_addr, None, now()) else {
+    let Some(b) = select(&svc, client.addr, None, now()) else {
         return;
     };
+    // A pod reaching itself is left to the veth programs, which masquerade it as hairpin.
+    if client.pod && b.addr == client.addr {
+        return;
+    }
     let sock = SockKey {
         // SAFETY: the helper takes this program's context.
         cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr().cast::<c_void>()) },
@@ -707,7 +737,7 @@ fn to_backend(ctx: &SockAddrContext) {
 
 #[inline(always)]
 fn from_backend(ctx: &SockAddrContext) {
-    if ours(ctx).is_none() {
+    if whose(ctx).is_none() {
         return;
     }
     let sa = ctx.sock_addr;

@@ -356,6 +356,24 @@ impl Datapath {
         Ok(())
     }
 
+    /// Lets the socket programs translate the TCP connects of the pod whose network namespace
+    /// is at `netns` (address `ip`), as they do the node's.
+    pub fn add_pod(&mut self, netns: &Path, ip: Ipv4Addr) -> Result<(), EbpfError> {
+        let netns = std::fs::File::open(netns)?;
+        let cookie = std::thread::scope(|s| {
+            s.spawn(|| {
+                nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)?;
+                netns_cookie()
+            })
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the namespace probe panicked").into()))
+        })?;
+        let mut pods: BpfHashMap<&mut MapData, u64, u32> = self.hash_map("POD_NETNS")?;
+        pods.insert(cookie, wire_addr(ip), 0)
+            .map_err(|e| EbpfError::Map("POD_NETNS", e))
+    }
+
     /// Tells the datapath about the node (its namespace's cookie, its masquerade address).
     pub fn set_config(&mut self, node_addr: Ipv4Addr) -> Result<(), EbpfError> {
         self.write_config(NodeConfig {
@@ -593,6 +611,7 @@ fn replace_incompatible_pins(pins: &Path, sizes: Sizes) -> Result<(), EbpfError>
         ),
         ("CONFIG", size_of::<u32>(), size_of::<NodeConfig>(), None),
         ("STATS", size_of::<u32>(), size_of::<u64>(), None),
+        ("POD_NETNS", size_of::<u64>(), size_of::<u32>(), None),
         (
             "SOCK_NAT",
             size_of::<skiff_ebpf_common::SockKey>(),
@@ -700,10 +719,19 @@ pub fn start(
 
 /// The pod network's hook: attach the pod programs to each new veth.
 pub fn veth_hook(dp: proxier::Shared) -> crate::network::VethHook {
-    std::sync::Arc::new(move |ifname: &str| {
+    std::sync::Arc::new(move |ifname: &str, pod: Option<(u32, Ipv4Addr)>| {
         let mut dp = dp.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Err(e) = dp.attach(ifname) {
             tracing::error!(ifname, "attaching the service datapath: {e}");
+        }
+        if let Some((pid, ip)) = pod
+            && let Err(e) = dp.add_pod(Path::new(&format!("/proc/{pid}/ns/net")), ip)
+        {
+            // Its connects then go through the veth programs, as UDP does.
+            tracing::warn!(
+                ifname,
+                "registering the pod's namespace with the datapath: {e}"
+            );
         }
         // Pods come and go together: tidying here keeps the pins in step without a timer.
         if let Err(e) = dp.forget_gone_links() {
