@@ -431,12 +431,33 @@ impl Cluster {
         self.set_proc(&role, None)
     }
 
-    /// Freezes node `i`'s agent (SIGSTOP) or lets it go on (SIGCONT): benchmarks keep one
-    /// node's work off the cores while they time another's.
+    /// Freezes node `i`'s agent and what it runs (an `iptables-restore` under way) with
+    /// SIGSTOP, or lets them go on (SIGCONT): benchmarks keep one node's work off the cores
+    /// while they time another's. The agent stops first and resumes last, so no child is
+    /// started or missed in between.
     pub fn pause_agent(&self, i: usize, paused: bool) {
         let role = format!("node{i}");
-        if let Some((_, pid)) = self.procs().into_iter().find(|(r, _)| *r == role) {
-            signal_pid(pid, "skiff-agent", if paused { "-STOP" } else { "-CONT" });
+        let Some((_, pid)) = self.procs().into_iter().find(|(r, _)| *r == role) else {
+            return;
+        };
+        if !is_ours(pid, "skiff-agent") {
+            return;
+        }
+        let signal = if paused { "-STOP" } else { "-CONT" };
+        if paused {
+            let _ = Command::new("kill")
+                .args([signal, &pid.to_string()])
+                .status();
+        }
+        for child in descendants(pid) {
+            let _ = Command::new("kill")
+                .args([signal, &child.to_string()])
+                .status();
+        }
+        if !paused {
+            let _ = Command::new("kill")
+                .args([signal, &pid.to_string()])
+                .status();
         }
     }
 
@@ -595,6 +616,25 @@ fn is_ours(pid: u32, program: &str) -> bool {
 
 fn kill_pid(pid: u32, program: &str, hard: bool) {
     signal_pid(pid, program, if hard { "-KILL" } else { "-TERM" });
+}
+
+/// The processes under `pid`, from the kernel's per-thread lists of children.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            for k in kids.split_whitespace().filter_map(|k| k.parse().ok()) {
+                out.push(k);
+                todo.push(k);
+            }
+        }
+    }
+    out
 }
 
 fn signal_pid(pid: u32, program: &str, signal: &str) {

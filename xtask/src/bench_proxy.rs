@@ -217,7 +217,7 @@ pub fn run(modes: &[ProxyMode], backend: &str, scales: &[usize], rounds: Rounds)
     std::fs::write(dir.join("proxy.json"), serde_json::to_string_pretty(&out)?)?;
     let mut bars: Vec<(String, f64, f64)> = Vec::new();
     println!(
-        "services | mode | full sync ms (median) | change live ms p50 / p99 | connect+GET ms p50 / p99 ClusterIP | pod IP | Gbit/s ClusterIP | pod IP"
+        "services | mode | full sync ms (median) | change live ms p50 / p99 | after the API's answer p50 / p99 | connect+GET ms p50 / p99 ClusterIP | pod IP | Gbit/s ClusterIP | pod IP"
     );
     let f = |v: &Value| v.as_f64().unwrap_or(0.0);
     for r in &results {
@@ -241,10 +241,12 @@ pub fn run(modes: &[ProxyMode], backend: &str, scales: &[usize], rounds: Rounds)
                 target_change,
             ));
             println!(
-                "{n} | {m} | {:.0} | {:.1} / {:.1} | {:.3} / {:.3} | {:.3} / {:.3} | {:.2} | {:.2}",
+                "{n} | {m} | {:.0} | {:.1} / {:.1} | {:.1} / {:.1} | {:.3} / {:.3} | {:.3} / {:.3} | {:.2} | {:.2}",
                 f(&x["full_sync_ms"]["median"]),
                 f(&x["change_ms"]["p50"]),
                 f(&x["change_ms"]["p99"]),
+                f(&x["change_ms"]["after_ack"]["p50"]),
+                f(&x["change_ms"]["after_ack"]["p99"]),
                 f(&x["connect_ms"]["cluster_ip"]["p50"]),
                 f(&x["connect_ms"]["cluster_ip"]["p99"]),
                 f(&x["connect_ms"]["pod_ip"]["p50"]),
@@ -570,6 +572,18 @@ async fn measure(
             s.sort_by(f64::total_cmp);
             percentile(&s, 0.5)
         };
+        // The dataplane's part of a change: from the API's answer to the write (it is
+        // committed then) until traffic flows; 0 when it flowed before the answer arrived.
+        let after_ack: Vec<Vec<f64>> = change_ms
+            .iter()
+            .zip(&create_ms)
+            .map(|(live, calls)| {
+                live.iter()
+                    .zip(calls)
+                    .map(|(l, c)| (l - c).max(0.0))
+                    .collect()
+            })
+            .collect();
         let mut row = json!({"services": scale});
         for (k, m) in modes.iter().enumerate() {
             row[m.as_str()] = json!({
@@ -579,7 +593,9 @@ async fn measure(
                               "samples": change_ms[k],
                               "create_call": {"p50": stats(&create_ms[k])["p50"],
                                               "p99": stats(&create_ms[k])["p99"],
-                                              "samples": create_ms[k]}},
+                                              "samples": create_ms[k]},
+                              "after_ack": {"p50": stats(&after_ack[k])["p50"],
+                                            "p99": stats(&after_ack[k])["p99"]}},
                 "connect_ms": {"cluster_ip": stats(&lat[k][0]), "pod_ip": stats(&lat[k][1]),
                                "failed": {"cluster_ip": per_round * 5 - lat[k][0].len(),
                                           "pod_ip": per_round * 5 - lat[k][1].len()}},

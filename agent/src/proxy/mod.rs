@@ -57,8 +57,6 @@ enum Dataplane {
 struct Summary {
     /// A full sync ended.
     full: bool,
-    /// A full sync is under way and wants to go on at once.
-    more: bool,
     services: usize,
     written: usize,
     removed: usize,
@@ -68,7 +66,6 @@ impl From<iptables::SyncStats> for Summary {
     fn from(s: iptables::SyncStats) -> Self {
         Self {
             full: s.full,
-            more: false,
             services: s.services,
             written: s.chains_written,
             removed: s.chains_deleted,
@@ -80,7 +77,6 @@ impl From<ebpf::proxier::SyncStats> for Summary {
     fn from(s: ebpf::proxier::SyncStats) -> Self {
         Self {
             full: s.full,
-            more: s.more,
             services: s.services,
             written: s.frontends_written,
             removed: s.frontends_removed,
@@ -100,6 +96,12 @@ impl Dataplane {
                 .map(|(s, prev)| (s.into(), prev))
                 .map_err(|e| e.to_string()),
         }
+    }
+
+    /// A full sync can be given in slices: all at once, it would hold up every change behind
+    /// it (iptables needs it whole: one restore).
+    fn sliced(&self) -> bool {
+        matches!(self, Self::Ebpf(_))
     }
 
     fn ports(&self, key: &ServiceKey) -> &[model::ServicePort] {
@@ -123,6 +125,10 @@ pub struct Config {
     pub dns: Option<(Arc<Zone>, Ipv4Addr)>,
     pub metrics: Arc<crate::metrics::ProxyMetrics>,
 }
+
+/// Services per slice of a full sync given in slices: about 2 ms of map writes, so a change
+/// that arrives meanwhile waits no longer than that.
+const SLICE_SERVICES: usize = 100;
 
 const BRIDGE_NF: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
 
@@ -180,11 +186,11 @@ pub async fn run(
     let mut checks: BTreeMap<u16, (ServiceKey, usize)> = BTreeMap::new();
     let mut last_sync: Option<Instant> = None;
     let mut last_full = Instant::now();
-    // When the full sync under way (run in slices by the eBPF backend) began.
-    let mut pass_started: Option<Instant> = None;
+    // The full sync under way in slices: the services still to give, when it began, how many.
+    let mut pass: Option<(std::collections::VecDeque<ServiceKey>, Instant, usize)> = None;
     let mut failures: u32 = 0;
     loop {
-        let more = pass_started.is_some();
+        let more = pass.is_some();
         let ready = have_services && have_slices && (more || model.has_changes());
         let earliest = match last_sync {
             // The next slice of a full sync goes at once: watch events get in between.
@@ -236,12 +242,26 @@ pub async fn run(
                 model.force_full();
             }
             () = tokio::time::sleep_until(earliest.into()), if ready => {
-                let changes = model.take_changes();
                 let Some(mut p) = proxier.take() else { break };
                 let started = Instant::now();
-                // The minimum period batches bursts of changes; a full sync leaves nothing to
-                // batch, so the first change after one goes at once.
-                if !changes.full && !changes.services.is_empty() {
+                if p.sliced()
+                    && let Some(keys) = model.take_full()
+                {
+                    let n = keys.len();
+                    pass = Some((keys.into(), started, n));
+                }
+                let mut changes = model.take_changes();
+                if let Some((todo, _, _)) = &mut pass {
+                    // Resolved now, so a slice never carries an older view than the model's.
+                    for k in todo.drain(..SLICE_SERVICES.min(todo.len())) {
+                        let ports = model.ports(&k);
+                        changes.services.entry(k).or_insert(ports);
+                    }
+                    changes.full = todo.is_empty();
+                }
+                // The minimum period batches bursts of changes; a full sync (or a slice of one)
+                // leaves nothing to batch, so the first change after one goes at once.
+                if pass.is_none() && !changes.full && !changes.services.is_empty() {
                     last_sync = Some(started);
                 }
                 let (p, result) = match tokio::task::spawn_blocking(move || {
@@ -265,17 +285,18 @@ pub async fn run(
                         if stats.full {
                             m.full_syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
-                        let began = pass_started.take().unwrap_or(started);
-                        if stats.more {
-                            pass_started = Some(began);
+                        let mut services = stats.services;
+                        let mut began = started;
+                        if stats.full && let Some((_, t, n)) = pass.take() {
+                            (began, services) = (t, n);
                         }
-                        let took_ms = if stats.full { began } else { started }.elapsed().as_millis() as u64;
+                        let took_ms = began.elapsed().as_millis() as u64;
                         if stats.full {
                             last_full = began;
-                            tracing::info!(services = stats.services, written = stats.written,
+                            tracing::info!(services, written = stats.written,
                                 removed = stats.removed, took_ms, "proxy full sync");
                         } else {
-                            tracing::debug!(services = stats.services, written = stats.written,
+                            tracing::debug!(services, written = stats.written,
                                 removed = stats.removed, took_ms, "proxy synced");
                         }
                         after_sync(&p, stats.full, previous, &mut checks, &mut health).await;
@@ -283,7 +304,7 @@ pub async fn run(
                     Err(e) => {
                         m.failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         failures += 1;
-                        pass_started = None;
+                        pass = None;
                         // Failures back off from here, whatever the sync was.
                         last_sync = Some(started);
                         tracing::warn!("proxy sync failed (a full sync follows): {e}");

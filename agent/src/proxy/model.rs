@@ -297,6 +297,15 @@ impl Model {
         }
     }
 
+    /// Starts a full sync to be given in slices: every Service's key, when one is due (the
+    /// changes since are still to take).
+    pub fn take_full(&mut self) -> Option<Vec<ServiceKey>> {
+        if !std::mem::take(&mut self.full) {
+            return None;
+        }
+        Some(self.services.keys().cloned().collect())
+    }
+
     /// Drains the changes: the resolved ports of each changed Service (all Services when full).
     pub fn take_changes(&mut self) -> Changes {
         let full = std::mem::take(&mut self.full);

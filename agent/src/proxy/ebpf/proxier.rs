@@ -41,10 +41,8 @@ struct Programmed {
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct SyncStats {
-    /// A full sync ended with this one.
+    /// The sync ended a full sync (frontends nobody wants were swept).
     pub full: bool,
-    /// A full sync is under way and wants another slice.
-    pub more: bool,
     pub services: usize,
     pub frontends_written: usize,
     pub frontends_removed: usize,
@@ -81,20 +79,6 @@ pub struct Proxier {
     /// Every frontend the map may hold: what an earlier agent left and what this one wrote
     /// and did not remove. A full sync sweeps what of it nobody wants, without reading the map.
     in_map: HashSet<Frontend>,
-    /// The full sync under way, if any.
-    pass: Option<Pass>,
-}
-
-/// A full sync runs in slices of about this long, with the changes that arrive meanwhile
-/// applied between them: a change never waits for a whole full sync.
-const SLICE: std::time::Duration = std::time::Duration::from_millis(2);
-
-/// A full sync under way: the services it has still to rewrite.
-struct Pass {
-    todo: BTreeMap<ServiceKey, Vec<ServicePort>>,
-    services: usize,
-    /// Frontends its slices wrote so far.
-    written: usize,
 }
 
 /// What one sync gathers besides its statistics.
@@ -216,7 +200,6 @@ impl Proxier {
             next,
             adopted,
             in_map,
-            pass: None,
         })
     }
 
@@ -260,26 +243,14 @@ impl Proxier {
     }
 
     /// Applies the changes; returns what it did and the ports each changed service had before.
-    /// A full sync starts a pass that the following calls continue one slice at a time
-    /// (`SyncStats::more`); changes given meanwhile go first and supersede the pass's view of
-    /// their services.
+    /// A full sync may come in slices (the sync loop gives a few services at a time, between
+    /// changes); the one marked `full` ends it, and frontends nobody wants are swept then.
     pub fn sync(&mut self, changes: Changes) -> Result<(SyncStats, Previous), EbpfError> {
-        let started = std::time::Instant::now();
-        let mut stats = SyncStats::default();
-        let mut fresh = changes.services;
-        if changes.full {
-            self.pass = Some(Pass {
-                services: fresh.len(),
-                todo: std::mem::take(&mut fresh),
-                written: 0,
-            });
-        }
-        let mut pass = self.pass.take();
-        if let Some(p) = &mut pass {
-            for svc in fresh.keys() {
-                p.todo.remove(svc);
-            }
-        }
+        let mut stats = SyncStats {
+            full: changes.full,
+            services: changes.services.len(),
+            ..SyncStats::default()
+        };
         let shared = std::sync::Arc::clone(&self.dp);
         // A panic elsewhere while holding it leaves the maps as consistent as any failed sync.
         let mut dp = shared
@@ -287,30 +258,11 @@ impl Proxier {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let dp = &mut *dp;
         let mut work = Work::default();
-        stats.services = fresh.len();
-        for (svc, ports) in fresh {
+        for (svc, ports) in changes.services {
             self.apply(dp, svc, ports, &mut stats, &mut work)?;
         }
-        if let Some(mut p) = pass {
-            // At least one service per slice, however long the changes took.
-            let mut done = 0;
-            let before = stats.frontends_written;
-            while (done == 0 || started.elapsed() < SLICE)
-                && let Some((svc, ports)) = p.todo.pop_first()
-            {
-                self.apply(dp, svc, ports, &mut stats, &mut work)?;
-                done += 1;
-            }
-            p.written += stats.frontends_written - before;
-            if p.todo.is_empty() {
-                stats.full = true;
-                stats.services = p.services;
-                stats.frontends_written = p.written;
-                self.sweep(dp, &mut stats)?;
-            } else {
-                stats.more = true;
-                self.pass = Some(p);
-            }
+        if changes.full {
+            self.sweep(dp, &mut stats)?;
         }
         if !work.gone.is_empty() {
             let gone: Vec<_> = work.gone.into_iter().collect();
