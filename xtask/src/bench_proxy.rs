@@ -206,6 +206,11 @@ pub fn run(modes: &[ProxyMode], backend: &str, scales: &[usize], rounds: Rounds)
     )?;
     let rt = tokio::runtime::Runtime::new()?;
     let result = rt.block_on(measure(&c, modes, scales, rounds));
+    // The agents' logs outlive the cluster, to explain what the numbers show.
+    for k in 1..=modes.len() {
+        let role = format!("node{k}");
+        let _ = std::fs::copy(c.log(&role), out_dir()?.join(format!("proxy-{role}.log")));
+    }
     let results = match result {
         Ok(r) => r,
         Err(e) => bail!("{e:#}\n{}", c.logs()),

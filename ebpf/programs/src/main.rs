@@ -654,10 +654,9 @@ pub fn skiff_sock_getpeername4(ctx: SockAddrContext) -> i32 {
     1
 }
 
-/// This node's sockets only: the cgroup is shared with every namespace on the machine.
-#[inline(always)]
 /// Whose socket this is: the node's own (its address), or a pod's of this node (the pod's
-/// address, from `POD_NETNS`). Every other namespace on the machine is left alone.
+/// address, from `POD_NETNS`). Every other namespace on the machine (they share the cgroup)
+/// is left alone.
 #[inline(always)]
 fn whose(ctx: &SockAddrContext) -> Option<Client> {
     let cfg = config()?;
