@@ -138,6 +138,15 @@ fn connections_survive_an_agent_restart_and_scaling() {
         .parse()
         .unwrap();
     let to = SocketAddr::from((vip, 80));
+    // Every backend reachable from the client first: a pod is ready before the other node's
+    // overlay routes may be in place, and this test is about restarts, not about that.
+    let web: Vec<String> = pods(&c, "app=web").into_iter().map(|p| p.ip).collect();
+    eventually(&c, "the client reaches every web pod", 60, || {
+        web.iter().all(|ip| {
+            let addr = SocketAddr::from((ip.parse::<std::net::Ipv4Addr>().unwrap(), 8080));
+            connect_from(pid, addr).is_ok_and(|mut c| c.get("/hostname").is_ok())
+        })
+    });
 
     // Long-lived connections, each answering from one backend, and a loop of new ones.
     let stop = Arc::new(AtomicBool::new(false));
