@@ -229,11 +229,8 @@ fn service_traffic_is_translated_both_ways_and_survives_a_reload() {
     });
     let client_ip: Ipv4Addr = client.parse().unwrap();
     let mut dp = dp;
-    dp.add_pod(
-        std::path::Path::new(&format!("/var/run/netns/{c}")),
-        client_ip,
-    )
-    .unwrap();
+    let cookie = in_ns(&c, || skiff_agent::network::netns_cookie().unwrap());
+    dp.add_pod(cookie, client_ip).unwrap();
     let (seen, conn2) = in_ns(&c, move || exchange(SocketAddr::from((vip, 80))));
     assert_eq!(seen, client);
     assert_eq!(conn2.peer_addr().unwrap(), SocketAddr::from((vip, 80)));

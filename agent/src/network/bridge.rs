@@ -82,12 +82,13 @@ pub struct PodLink {
     pub mtu: u32,
 }
 
-/// Wires a pod into the bridge. A stale host end of the same pod is replaced.
+/// Wires a pod into the bridge; returns the cookie of the pod's network namespace, read while
+/// inside it. A stale host end of the same pod is replaced.
 pub async fn wire(
     handle: &rtnetlink::Handle,
     bridge: u32,
     pod: &PodLink,
-) -> Result<(), NetworkError> {
+) -> Result<u64, NetworkError> {
     let host = host_veth(&pod.uid);
     let peer = format!("tmp{:08x}", fnv(&pod.uid));
     for stale in [&host, &peer] {
@@ -161,7 +162,8 @@ pub async fn unwire(handle: &rtnetlink::Handle, uid: &str) -> Result<(), Network
 
 /// Configures the pod's end from inside its namespace. Netlink sockets belong to the namespace
 /// they were opened in, so a dedicated thread enters the pod's namespace, opens one there and
-/// ends with its work: no thread of the agent's runtime ever changes namespace.
+/// ends with its work: no thread of the agent's runtime ever changes namespace. Returns the
+/// namespace's cookie.
 async fn configure_inside(
     pid: u32,
     tmp_name: String,
@@ -169,7 +171,7 @@ async fn configure_inside(
     prefix: u8,
     gateway: Ipv4Addr,
     mtu: u32,
-) -> Result<(), NetworkError> {
+) -> Result<u64, NetworkError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
         let result = (|| {
@@ -220,7 +222,7 @@ async fn configure_inside(
                     .replace()
                     .execute()
                     .await?;
-                Ok::<(), NetworkError>(())
+                Ok::<u64, NetworkError>(super::netns_cookie()?)
             })
         })();
         let _ = tx.send(result);

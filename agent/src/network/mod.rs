@@ -216,10 +216,31 @@ impl ClusterConfig {
     }
 }
 
-/// Called with the host-side name of every pod veth once it is wired, and the pod's sandbox
-/// pid and address when the wiring is new (the eBPF datapath attaches to the veth there and
-/// learns the pod's namespace, before the pod's containers start).
-pub type VethHook = Arc<dyn Fn(&str, Option<(u32, Ipv4Addr)>) + Send + Sync>;
+/// Called with the host-side name of every pod veth once it is wired, and the cookie of the
+/// pod's network namespace and its address when the wiring is new (the eBPF datapath attaches
+/// to the veth there and learns the pod's namespace, before the pod's containers start).
+pub type VethHook = Arc<dyn Fn(&str, Option<(u64, Ipv4Addr)>) + Send + Sync>;
+
+/// This thread's network namespace, as the kernel's socket programs name it.
+pub fn netns_cookie() -> std::io::Result<u64> {
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as nix::libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cookie`, which outlives the call.
+    let rc = unsafe {
+        nix::libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            nix::libc::SOL_SOCKET,
+            nix::libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
 
 /// Pods' side of the node's network: the bridge, addresses and per-pod files.
 pub struct PodNetwork {
@@ -276,9 +297,9 @@ impl PodNetwork {
             gateway: self.ipam.gateway(),
             mtu: self.mtu,
         };
-        bridge::wire(&self.handle, self.bridge, &link).await?;
+        let netns = bridge::wire(&self.handle, self.bridge, &link).await?;
         if let Some(hook) = self.veth_hook.get() {
-            hook(&bridge::host_veth(uid), Some((pid, ip)));
+            hook(&bridge::host_veth(uid), Some((netns, ip)));
         }
         Ok(ip)
     }

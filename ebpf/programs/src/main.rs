@@ -406,10 +406,17 @@ fn select(svc: &ServiceValue, client: u32, hash: Option<u32>, t: u64) -> Option<
 /// A TCP SYN without ACK: the first packet of a connection.
 #[inline(always)]
 fn is_syn(ctx: &TcContext, p: &Packet) -> bool {
-    p.proto == PROTO_TCP
-        && ctx
-            .load::<u8>(p.l4 + 13)
-            .is_ok_and(|f| f & (TCP_SYN | TCP_ACK) == TCP_SYN)
+    tcp_flags(ctx, p) & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
+/// The TCP flags (none for UDP).
+#[inline(always)]
+fn tcp_flags(ctx: &TcContext, p: &Packet) -> u8 {
+    if p.proto == PROTO_TCP {
+        ctx.load::<u8>(p.l4 + 13).unwrap_or(0)
+    } else {
+        0
+    }
 }
 
 #[inline(always)]
@@ -423,10 +430,7 @@ fn config() -> Option<NodeConfig> {
 /// used). The stale entry goes, and the packet passes untranslated.
 #[inline(always)]
 fn stale_reply(ctx: &TcContext, p: &Packet, key: &CtKey, v: &CtValue) -> bool {
-    let syn_ack = p.proto == PROTO_TCP
-        && ctx
-            .load::<u8>(p.l4 + 13)
-            .is_ok_and(|f| f & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK);
+    let syn_ack = tcp_flags(ctx, p) & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK;
     if syn_ack && now().saturating_sub(v.created) > SYN_REUSE_NS {
         let _ = CT.remove(key);
         count(STAT_STALE);

@@ -72,6 +72,19 @@ pub struct Sizes {
     pub affinity: u32,
 }
 
+impl Sizes {
+    /// The maps these sizes are for, by name.
+    fn per_map(self) -> [(&'static str, u32); 5] {
+        [
+            ("SERVICES", self.services),
+            ("BACKENDS", self.backends),
+            ("CT", self.conntrack),
+            ("AFFINITY", self.affinity),
+            ("MAGLEV", self.services),
+        ]
+    }
+}
+
 impl Default for Sizes {
     fn default() -> Self {
         Self {
@@ -144,27 +157,6 @@ pub fn wire_port(port: u16) -> u16 {
     port.to_be()
 }
 
-/// This thread's network namespace, as the kernel's socket programs name it.
-fn netns_cookie() -> Result<u64, EbpfError> {
-    let sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
-    let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as nix::libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `cookie`, which outlives the call.
-    let rc = unsafe {
-        nix::libc::getsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&sock),
-            nix::libc::SOL_SOCKET,
-            nix::libc::SO_NETNS_COOKIE,
-            (&raw mut cookie).cast(),
-            &raw mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(EbpfError::Io(std::io::Error::last_os_error()));
-    }
-    Ok(cookie)
-}
-
 /// Where the cgroup v2 hierarchy is mounted (mounting it privately when nothing is: `ip netns
 /// exec` hides the host's /sys mounts, and any mount of it is the same hierarchy).
 fn cgroup2_root() -> Result<PathBuf, EbpfError> {
@@ -210,14 +202,12 @@ impl Datapath {
         ensure_bpffs(pins)?;
         std::fs::create_dir_all(pins.join("links"))?;
         replace_incompatible_pins(pins, sizes)?;
-        let mut bpf = aya::EbpfLoader::new()
-            .default_map_pin_directory(pins)
-            .map_max_entries("SERVICES", sizes.services)
-            .map_max_entries("BACKENDS", sizes.backends)
-            .map_max_entries("CT", sizes.conntrack)
-            .map_max_entries("AFFINITY", sizes.affinity)
-            .map_max_entries("MAGLEV", sizes.services)
-            .load(OBJECT)?;
+        let mut loader = aya::EbpfLoader::new();
+        loader.default_map_pin_directory(pins);
+        for (name, entries) in sizes.per_map() {
+            loader.map_max_entries(name, entries);
+        }
+        let mut bpf = loader.load(OBJECT)?;
         for name in [FROM_POD, TO_POD, FROM_WORLD] {
             classifier(&mut bpf, name)?
                 .load()
@@ -357,18 +347,8 @@ impl Datapath {
     }
 
     /// Lets the socket programs translate the TCP connects of the pod whose network namespace
-    /// is at `netns` (address `ip`), as they do the node's.
-    pub fn add_pod(&mut self, netns: &Path, ip: Ipv4Addr) -> Result<(), EbpfError> {
-        let netns = std::fs::File::open(netns)?;
-        let cookie = std::thread::scope(|s| {
-            s.spawn(|| {
-                nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(std::io::Error::from)?;
-                netns_cookie()
-            })
-            .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("the namespace probe panicked").into()))
-        })?;
+    /// has `cookie` (address `ip`), as they do the node's.
+    pub fn add_pod(&mut self, cookie: u64, ip: Ipv4Addr) -> Result<(), EbpfError> {
         let mut pods: BpfHashMap<&mut MapData, u64, u32> = self.hash_map("POD_NETNS")?;
         pods.insert(cookie, wire_addr(ip), 0)
             .map_err(|e| EbpfError::Map("POD_NETNS", e))
@@ -377,7 +357,7 @@ impl Datapath {
     /// Tells the datapath about the node (its namespace's cookie, its masquerade address).
     pub fn set_config(&mut self, node_addr: Ipv4Addr) -> Result<(), EbpfError> {
         self.write_config(NodeConfig {
-            netns_cookie: netns_cookie()?,
+            netns_cookie: crate::network::netns_cookie()?,
             node_addr: wire_addr(node_addr),
             ..self.config
         })
@@ -583,43 +563,27 @@ fn replace_incompatible_pins(pins: &Path, sizes: Sizes) -> Result<(), EbpfError>
             "SERVICES",
             size_of::<ServiceKey>(),
             size_of::<ServiceValue>(),
-            Some(sizes.services),
         ),
-        (
-            "BACKENDS",
-            size_of::<BackendKey>(),
-            size_of::<Backend>(),
-            Some(sizes.backends),
-        ),
-        (
-            "CT",
-            size_of::<CtKey>(),
-            size_of::<CtValue>(),
-            Some(sizes.conntrack),
-        ),
+        ("BACKENDS", size_of::<BackendKey>(), size_of::<Backend>()),
+        ("CT", size_of::<CtKey>(), size_of::<CtValue>()),
         (
             "AFFINITY",
             size_of::<skiff_ebpf_common::AffinityKey>(),
             size_of::<skiff_ebpf_common::AffinityValue>(),
-            Some(sizes.affinity),
         ),
-        (
-            "MAGLEV",
-            size_of::<u32>(),
-            size_of::<MaglevTable>(),
-            Some(sizes.services),
-        ),
-        ("CONFIG", size_of::<u32>(), size_of::<NodeConfig>(), None),
-        ("STATS", size_of::<u32>(), size_of::<u64>(), None),
-        ("POD_NETNS", size_of::<u64>(), size_of::<u32>(), None),
+        ("MAGLEV", size_of::<u32>(), size_of::<MaglevTable>()),
+        ("CONFIG", size_of::<u32>(), size_of::<NodeConfig>()),
+        ("STATS", size_of::<u32>(), size_of::<u64>()),
+        ("POD_NETNS", size_of::<u64>(), size_of::<u32>()),
         (
             "SOCK_NAT",
             size_of::<skiff_ebpf_common::SockKey>(),
             size_of::<skiff_ebpf_common::SockValue>(),
-            None,
         ),
     ];
-    for (name, key, value, entries) in maps {
+    let sized = sizes.per_map();
+    for (name, key, value) in maps {
+        let entries = sized.iter().find(|(n, _)| *n == name).map(|(_, e)| *e);
         let path = pins.join(name);
         let Ok(info) = aya::maps::MapInfo::from_pin(&path) else {
             continue;
@@ -719,13 +683,13 @@ pub fn start(
 
 /// The pod network's hook: attach the pod programs to each new veth.
 pub fn veth_hook(dp: proxier::Shared) -> crate::network::VethHook {
-    std::sync::Arc::new(move |ifname: &str, pod: Option<(u32, Ipv4Addr)>| {
+    std::sync::Arc::new(move |ifname: &str, pod: Option<(u64, Ipv4Addr)>| {
         let mut dp = dp.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Err(e) = dp.attach(ifname) {
             tracing::error!(ifname, "attaching the service datapath: {e}");
         }
-        if let Some((pid, ip)) = pod
-            && let Err(e) = dp.add_pod(Path::new(&format!("/proc/{pid}/ns/net")), ip)
+        if let Some((cookie, ip)) = pod
+            && let Err(e) = dp.add_pod(cookie, ip)
         {
             // Its connects then go through the veth programs, as UDP does.
             tracing::warn!(
