@@ -9,6 +9,11 @@ use ipnet::Ipv4Net;
 use skiff_controlplane::controllers::runtime::{Settings, nth_addr};
 use skiff_controlplane::server::{Config, start};
 
+// The API path allocates and frees many small JSON trees from many threads, where glibc
+// malloc spent about 30% of the controlplane's CPU (docs/benchmarks.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// skiff-controlplane: Kubernetes-compatible API server, scheduler and controllers.
 #[derive(Parser, Debug)]
 #[command(version, about)]

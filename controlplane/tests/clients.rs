@@ -11,6 +11,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 
 async fn client(s: &Server) -> kube::Client {
@@ -26,9 +27,7 @@ fn cm(name: &str) -> ConfigMap {
         .unwrap()
 }
 
-async fn next(
-    stream: &mut futures::stream::BoxStream<'static, Result<ConfigMap, watcher::Error>>,
-) -> ConfigMap {
+async fn next<T>(stream: &mut futures::stream::BoxStream<'static, Result<T, watcher::Error>>) -> T {
     tokio::time::timeout(Duration::from_secs(10), stream.next())
         .await
         .expect("a watch event within 10 s")
@@ -72,6 +71,57 @@ async fn kube_watcher_and_reflector_follow_the_server() {
         .collect();
     names.sort();
     assert_eq!(names, ["after", "before"]);
+}
+
+/// Metadata-only clients (PartialObjectMetadata lists, gets and watches) get each object's
+/// metadata, resourceVersion included, and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_views_carry_the_metadata_only() {
+    let s = Server::start();
+    let api: Api<ConfigMap> = Api::namespaced(client(&s).await, "default");
+    let mut labelled = cm("meta-a");
+    labelled.metadata.labels = Some([("tier".to_owned(), "web".to_owned())].into());
+    let created = api.create(&PostParams::default(), &labelled).await.unwrap();
+
+    let list = api.list_metadata(&Default::default()).await.unwrap();
+    let item = list
+        .items
+        .iter()
+        .find(|i| i.metadata.name.as_deref() == Some("meta-a"))
+        .expect("the config map is listed");
+    assert_eq!(item.metadata.labels, created.metadata.labels);
+    assert_eq!(
+        item.metadata.resource_version,
+        created.metadata.resource_version
+    );
+    let got = api.get_metadata("meta-a").await.unwrap();
+    assert_eq!(got.metadata.uid, created.metadata.uid);
+    // On the wire: the metadata list kind, and no data of the object.
+    let req = http::Request::get("/api/v1/namespaces/default/configmaps")
+        .header(
+            "Accept",
+            "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1",
+        )
+        .body(Vec::new())
+        .unwrap();
+    let raw = client(&s).await.request_text(req).await.unwrap();
+    let raw: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(raw["kind"], "PartialObjectMetadataList");
+    assert_eq!(raw["items"][0]["kind"], "PartialObjectMetadata");
+    assert!(raw["items"][0].get("data").is_none(), "{raw}");
+
+    let meta_api: Api<PartialObjectMeta<ConfigMap>> = Api::namespaced(client(&s).await, "default");
+    let mut stream = watcher(meta_api, watcher::Config::default())
+        .applied_objects()
+        .boxed();
+    let first = next(&mut stream).await;
+    assert_eq!(first.metadata.name.as_deref(), Some("meta-a"));
+    api.create(&PostParams::default(), &cm("meta-b"))
+        .await
+        .unwrap();
+    let second = next(&mut stream).await;
+    assert_eq!(second.metadata.name.as_deref(), Some("meta-b"));
+    assert!(second.metadata.resource_version.is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@
 //! in), plus the few parsed fields that selectors and the garbage collector need.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -35,6 +35,8 @@ pub struct CachedObject {
     pub fields: Vec<(&'static str, String)>,
     pub deleting: bool,
     pub finalizers: Vec<String>,
+    /// The PartialObjectMetadata view, rendered once for every metadata watcher and list.
+    partial: OnceLock<Bytes>,
 }
 
 impl CachedObject {
@@ -110,7 +112,30 @@ impl CachedObject {
             resource,
             raw,
             rev,
+            partial: OnceLock::new(),
         }
+    }
+
+    /// The object as PartialObjectMetadata: its metadata bytes, cut from `raw` unparsed.
+    pub fn partial_json(&self) -> &Bytes {
+        self.partial.get_or_init(|| {
+            #[derive(serde::Deserialize)]
+            struct Meta<'a> {
+                #[serde(borrow)]
+                metadata: Option<&'a serde_json::value::RawValue>,
+            }
+            let meta = serde_json::from_slice::<Meta>(&self.raw)
+                .ok()
+                .and_then(|m| m.metadata)
+                .map_or("{}", |m| m.get());
+            let mut out = Vec::with_capacity(meta.len() + 80);
+            out.extend_from_slice(
+                b"{\"kind\":\"PartialObjectMetadata\",\"apiVersion\":\"meta.k8s.io/v1\",\"metadata\":",
+            );
+            out.extend_from_slice(meta.as_bytes());
+            out.push(b'}');
+            Bytes::from(out)
+        })
     }
 
     /// The object's value for a selectable field.

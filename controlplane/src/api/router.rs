@@ -707,18 +707,27 @@ async fn list(
     if let Some(c) = &cont {
         meta["continue"] = json!(c);
     }
-    if output == Output::Metadata {
-        let items: Vec<Value> = selected.iter().map(|o| partial(&o.value())).collect();
-        let list = json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "items": items});
-        return Ok(json_response(StatusCode::OK, &list, &[]));
+    // Items are spliced in as the cache holds them: no object is parsed or re-encoded.
+    let (kind, api_version) = match output {
+        Output::Metadata => ("PartialObjectMetadataList", "meta.k8s.io/v1".to_owned()),
+        _ => (res.list_kind, res.api_version()),
+    };
+    fn item(o: &CachedObject, output: Output) -> &[u8] {
+        match output {
+            Output::Metadata => o.partial_json(),
+            _ => &o.raw,
+        }
     }
-    let mut out = Vec::with_capacity(selected.iter().map(|o| o.raw.len() + 1).sum::<usize>() + 256);
+    let mut out = Vec::with_capacity(
+        selected
+            .iter()
+            .map(|o| item(o, output).len() + 1)
+            .sum::<usize>()
+            + 256,
+    );
     out.extend_from_slice(
         format!(
-            "{{\"kind\":\"{}\",\"apiVersion\":\"{}\",\"metadata\":{},\"items\":[",
-            res.list_kind,
-            res.api_version(),
-            meta
+            "{{\"kind\":\"{kind}\",\"apiVersion\":\"{api_version}\",\"metadata\":{meta},\"items\":["
         )
         .as_bytes(),
     );
@@ -726,7 +735,7 @@ async fn list(
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(&o.raw);
+        out.extend_from_slice(item(o, output));
     }
     out.extend_from_slice(b"]}");
     let mut resp = (StatusCode::OK, out).into_response();

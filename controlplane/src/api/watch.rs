@@ -15,7 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::Api;
 use super::cache::{CacheEvent, EventType, WatchStart};
 use super::errors::{ApiError, ApiResult};
-use super::router::{Filter, Output, Query, partial, table};
+use super::router::{Filter, Output, Query, table};
 use crate::resources::Resource;
 
 /// How often a watch that asked for bookmarks gets one.
@@ -73,7 +73,7 @@ impl Watcher {
         };
         Some(match self.output {
             Output::Json => line(ty.as_str(), &ev.obj.raw),
-            Output::Metadata => line(ty.as_str(), partial(&ev.obj.value()).to_string().as_bytes()),
+            Output::Metadata => line(ty.as_str(), ev.obj.partial_json()),
             Output::Table => {
                 let t = table(
                     self.res,

@@ -24,6 +24,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -76,8 +77,9 @@ pub async fn run(ctx: Context) {
         Api::<DaemonSet>::all(ctx.client.clone()),
         watcher::Config::default(),
     )
+    // Owner references are all the mapping reads: skip decoding pod specs and statuses.
     .owns(
-        Api::<Pod>::all(ctx.client.clone()),
+        Api::<PartialObjectMeta<Pod>>::all(ctx.client.clone()),
         watcher::Config::default(),
     )
     .reconcile_all_on(node_changes)

@@ -14,6 +14,7 @@ use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -49,11 +50,12 @@ fn api_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
 pub async fn run(ctx: Context) {
     let client = ctx.client.clone();
     let sets: kube::Api<ReplicaSet> = kube::Api::all(client.clone());
-    let pods: kube::Api<Pod> = kube::Api::all(client);
+    // The mapping reads only metadata: skip decoding every pod's spec and status.
+    let pods: kube::Api<PartialObjectMeta<Pod>> = kube::Api::all(client);
     let controller = Controller::new(sets, watcher::Config::default());
     let store = controller.store();
     // A pod wakes its controller, or, when it has none, every replica set that could adopt it.
-    let mapper = move |pod: Pod| -> Vec<ObjectRef<ReplicaSet>> {
+    let mapper = move |pod: PartialObjectMeta<Pod>| -> Vec<ObjectRef<ReplicaSet>> {
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         if let Some(owner) = controller_of(&pod.metadata) {
             if owner.kind == "ReplicaSet" {
