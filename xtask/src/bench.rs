@@ -712,6 +712,94 @@ fn wait_ready(
     Ok(seen)
 }
 
+/// Startup latency of `pods` pods on `node`, sorted: each pod timed from its own create call
+/// to the watch event that first shows it Ready. One client in process creates (at `rate` per
+/// second, or all at once) and watches, so the load generator costs the node little CPU.
+async fn startup_latencies(
+    api: &Api<Pod>,
+    node: &str,
+    label: &str,
+    pods: usize,
+    rate: Option<f64>,
+) -> Result<Vec<f64>> {
+    let selector = format!("bench={label}");
+    let rv = api
+        .list_metadata(&kube::api::ListParams::default().labels(&selector))
+        .await?
+        .metadata
+        .resource_version
+        .unwrap_or_default();
+    let t0 = Instant::now();
+    let watch = {
+        let api = api.clone();
+        let wp = kube::api::WatchParams::default()
+            .labels(&selector)
+            .timeout(290);
+        tokio::spawn(async move {
+            let mut ready = std::collections::HashMap::new();
+            let mut events = std::pin::pin!(api.watch(&wp, &rv).await?);
+            while ready.len() < pods {
+                let Some(ev) = events.next().await else {
+                    bail!("the watch ended with {} of {pods} pods ready", ready.len());
+                };
+                let pod = match ev? {
+                    kube::api::WatchEvent::Added(p) | kube::api::WatchEvent::Modified(p) => p,
+                    _ => continue,
+                };
+                let is_ready = pod
+                    .status
+                    .and_then(|s| s.conditions)
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                if is_ready && let Some(name) = pod.metadata.name {
+                    ready
+                        .entry(name)
+                        .or_insert_with(|| t0.elapsed().as_secs_f64());
+                }
+            }
+            anyhow::Ok(ready)
+        })
+    };
+    let pod = |i: usize| -> Result<Pod> {
+        Ok(serde_json::from_value(pinned_pod(
+            &format!("{label}-{i}"),
+            node,
+            label,
+        ))?)
+    };
+    let mut created = std::collections::HashMap::new();
+    match rate {
+        Some(r) => {
+            for i in 0..pods {
+                let due = Duration::from_secs_f64(i as f64 / r);
+                if let Some(wait) = due.checked_sub(t0.elapsed()) {
+                    tokio::time::sleep(wait).await;
+                }
+                created.insert(format!("{label}-{i}"), t0.elapsed().as_secs_f64());
+                api.create(&PostParams::default(), &pod(i)?).await?;
+            }
+        }
+        None => {
+            let all = (0..pods).map(pod).collect::<Result<Vec<_>>>()?;
+            futures::stream::iter(all)
+                .map(|p| async move { api.create(&PostParams::default(), &p).await })
+                .buffer_unordered(pods.max(1))
+                .try_for_each(|_| async { Ok(()) })
+                .await?;
+        }
+    }
+    let ready = tokio::time::timeout(Duration::from_secs(300), watch)
+        .await
+        .context("pods not ready within 300 s")???;
+    let mut lat: Vec<f64> = ready
+        .iter()
+        .map(|(n, t)| t - created.get(n).copied().unwrap_or(0.0))
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    Ok(lat)
+}
+
 /// Pods per second created in the paced startup measurement.
 const STARTUP_RATE: f64 = 5.0;
 
@@ -771,47 +859,15 @@ fn overlay(startup_pods: usize, seconds: u64) -> Result<()> {
         median(&runs["cross_node"]),
     );
 
-    // Pod startup on one node, each pod timed from its own create call to its Ready
-    // condition: first `startup_pods` pods created at a steady rate (how Kubernetes' density
-    // tests measure the SLO), then as many again at once (the worst case).
+    // Pod startup on one node: first `startup_pods` pods created at a steady rate (how
+    // Kubernetes' density tests measure the SLO), then as many again at once (the worst case).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let api: Api<Pod> = Api::default_namespaced(rt.block_on(self::client(&c.kubeconfig))?);
     let startup = |label: &str, rate: Option<f64>| -> Result<Vec<f64>> {
-        let t0 = Instant::now();
-        let mut created = std::collections::BTreeMap::new();
-        let pod = |i: usize| pinned_pod(&format!("{label}-{i}"), &n1, label);
-        match rate {
-            Some(r) => {
-                for i in 0..startup_pods {
-                    let due = Duration::from_secs_f64(i as f64 / r);
-                    if let Some(wait) = due.checked_sub(t0.elapsed()) {
-                        std::thread::sleep(wait);
-                    }
-                    created.insert(format!("{label}-{i}"), t0.elapsed().as_secs_f64());
-                    c.kubectl_in(&["create", "-f", "-"], Some(&pod(i).to_string()))?;
-                }
-            }
-            None => {
-                let all: Vec<Value> = (0..startup_pods).map(pod).collect();
-                for i in 0..startup_pods {
-                    created.insert(format!("{label}-{i}"), 0.0);
-                }
-                c.kubectl_in(
-                    &["create", "-f", "-"],
-                    Some(&json!({"apiVersion": "v1", "kind": "List", "items": all}).to_string()),
-                )?;
-            }
-        }
-        let ready = wait_ready(
-            &c,
-            &format!("bench={label}"),
-            startup_pods,
-            t0,
-            Duration::from_secs(300),
-        )?;
-        let mut lat: Vec<f64> = ready
-            .iter()
-            .map(|(n, t)| t - created.get(n).copied().unwrap_or(0.0))
-            .collect();
-        lat.sort_by(f64::total_cmp);
+        let lat = rt.block_on(startup_latencies(&api, &n1, label, startup_pods, rate))?;
         c.kubectl(&[
             "delete",
             "pods",
