@@ -400,6 +400,11 @@ impl Cluster {
             .arg("--bpf-dir")
             .arg(bpf_dir(&self.spec.name).join(&role))
             .args(&self.spec.agent_flags);
+        // Each node takes the xtables lock of its own, as separate machines would: with one
+        // lock, one node's long iptables-restore (or a frozen one) holds up every other node.
+        let data = self.spec.state_dir.join(&role);
+        std::fs::create_dir_all(&data)?;
+        cmd.env("XTABLES_LOCKFILE", data.join("xtables.lock"));
         ensure_bpffs()?;
         self.spawn(&role, &mut cmd)?;
         Ok(())

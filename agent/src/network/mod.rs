@@ -581,8 +581,14 @@ pub async fn start(
             if let Err(e) = ensure_dns_address(&keep.handle, cluster.cluster_dns).await {
                 tracing::warn!("cluster DNS address: {e}");
             }
-            if let Err(e) = masq::apply(&ipt, cluster.cluster_cidr, pod_cidr, cluster.cluster_dns) {
-                tracing::warn!("pod network rules: {e}");
+            // iptables waits for the xtables lock (up to 5 s): never on a runtime thread,
+            // where it would stall every task queued behind it (the service proxy's too).
+            let (cidr, dns) = (cluster.cluster_cidr, cluster.cluster_dns);
+            match tokio::task::spawn_blocking(move || masq::apply(&ipt, cidr, pod_cidr, dns)).await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("pod network rules: {e}"),
+                Err(e) => tracing::warn!("pod network rules: {e}"),
             }
             last = Some(peers);
         }
