@@ -126,9 +126,10 @@ pub struct Config {
     pub metrics: Arc<crate::metrics::ProxyMetrics>,
 }
 
-/// Services per slice of a full sync given in slices: about 2 ms of map writes, so a change
-/// that arrives meanwhile waits no longer than that.
-const SLICE_SERVICES: usize = 100;
+/// Services per slice of a full sync given in slices: about 2 ms with 10 endpoints each
+/// (100 measured 4 ms at 30,000 services), so a change that arrives meanwhile waits no longer
+/// than that.
+const SLICE_SERVICES: usize = 50;
 
 const BRIDGE_NF: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
 
@@ -204,6 +205,13 @@ pub async fn run(
             None => Instant::now(),
         };
         let full_due = last_full + cfg.full_sync;
+        // Timers tick in whole milliseconds: a deadline already due must not wait for the next
+        // tick (up to 1 ms per slice of a full sync, and per change).
+        let wake = async move {
+            if earliest > Instant::now() {
+                tokio::time::sleep_until(earliest.into()).await;
+            }
+        };
         tokio::select! {
             () = async { let _ = stop.wait_for(|s| *s).await; } => break,
             ev = services.next() => match ev {
@@ -241,7 +249,7 @@ pub async fn run(
             () = tokio::time::sleep_until(full_due.into()), if !model.full_pending() && !more => {
                 model.force_full();
             }
-            () = tokio::time::sleep_until(earliest.into()), if ready => {
+            () = wake, if ready => {
                 let Some(mut p) = proxier.take() else { break };
                 let started = Instant::now();
                 if p.sliced()
