@@ -187,10 +187,16 @@ impl PodManager {
                 .or_default()
                 .push(c);
         }
-        let wired = self.net.wired().await.unwrap_or_else(|e| {
-            tracing::warn!("listing pod interfaces: {e}");
-            Default::default()
-        });
+        // A dump can meet another on the shared netlink socket (EBUSY). Without the list every
+        // running pod would look unwired and be wired again, cutting its connections: this
+        // round waits for the next one instead.
+        let wired = match self.net.wired().await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!("listing pod interfaces (the next sync tries again): {e}");
+                return Ok(());
+            }
+        };
         let known: std::collections::HashSet<String> =
             pods.iter().filter_map(|p| p.metadata.uid.clone()).collect();
         let work: Vec<(Arc<Pod>, Vec<Managed>)> = pods
