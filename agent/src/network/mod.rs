@@ -564,7 +564,9 @@ pub async fn start(
             match overlay.sync(&peers).await {
                 Ok(n) => tracing::debug!("overlay: {n} of {} peers programmed", peers.len()),
                 Err(e) => {
-                    tracing::warn!("overlay sync: {e}");
+                    // Soon, not at the next tick: until then no pod reaches the other nodes.
+                    tracing::warn!("overlay sync (retried in 250 ms): {e}");
+                    tick.reset_after(Duration::from_millis(250));
                     continue;
                 }
             }
