@@ -49,7 +49,22 @@ pub fn rules(cluster_cidr: Ipv4Net, pod_cidr: Ipv4Net, dns: Ipv4Addr) -> String 
 }
 
 /// Writes the chains and makes sure POSTROUTING and FORWARD jump to them; idempotent.
-pub fn apply(
+/// iptables waits up to 5 s for the xtables lock, so it runs on the blocking pool: on a
+/// runtime thread it would stall every task queued behind it (the service proxy's too).
+pub async fn apply(
+    ipt: Iptables,
+    cluster_cidr: Ipv4Net,
+    pod_cidr: Ipv4Net,
+    dns: Ipv4Addr,
+) -> Result<(), NetworkError> {
+    tokio::task::spawn_blocking(move || apply_now(&ipt, cluster_cidr, pod_cidr, dns))
+        .await
+        .map_err(|e| {
+            NetworkError::Iptables(format!("writing the pod network rules stopped: {e}"))
+        })?
+}
+
+fn apply_now(
     ipt: &Iptables,
     cluster_cidr: Ipv4Net,
     pod_cidr: Ipv4Net,

@@ -507,7 +507,7 @@ pub async fn start(
     let mac = overlay::stable_mac(data_dir)?;
     let overlay = Overlay::new(handle.clone(), uplink.clone(), mac, pod_cidr);
     overlay.ensure_device().await?;
-    masq::apply(&ipt, cluster.cluster_cidr, pod_cidr, cluster.cluster_dns)?;
+    masq::apply(ipt, cluster.cluster_cidr, pod_cidr, cluster.cluster_dns).await?;
     let ipam = Ipam::open(data_dir, pod_cidr)?;
     let mtu = overlay.mtu();
     let bridge = bridge::ensure_bridge(&handle, ipam.gateway(), pod_cidr.prefix_len(), mtu).await?;
@@ -583,14 +583,10 @@ pub async fn start(
             if let Err(e) = ensure_dns_address(&keep.handle, cluster.cluster_dns).await {
                 tracing::warn!("cluster DNS address: {e}");
             }
-            // iptables waits for the xtables lock (up to 5 s): never on a runtime thread,
-            // where it would stall every task queued behind it (the service proxy's too).
-            let (cidr, dns) = (cluster.cluster_cidr, cluster.cluster_dns);
-            match tokio::task::spawn_blocking(move || masq::apply(&ipt, cidr, pod_cidr, dns)).await
+            if let Err(e) =
+                masq::apply(ipt, cluster.cluster_cidr, pod_cidr, cluster.cluster_dns).await
             {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!("pod network rules: {e}"),
-                Err(e) => tracing::warn!("pod network rules: {e}"),
+                tracing::warn!("pod network rules: {e}");
             }
             last = Some(peers);
         }
