@@ -412,8 +412,25 @@ fn the_service_model_programs_the_maps() {
     assert_eq!(stats.frontends_removed, 2);
     assert!(connects(&c, vip).is_err());
 
-    // A full sync given in slices (as the sync loop does): a slice programs its services and
-    // sweeps nothing; the last one, marked full, sweeps what nobody wants.
+    // A restarted agent adopts what the map holds, here one frontend that nobody wants any
+    // more: it stays until a full sync has been given whole.
+    let shared = std::sync::Arc::clone(proxier.datapath());
+    let stray = ServiceKey {
+        addr: wire_addr(Ipv4Addr::new(10, 96, 99, 9)),
+        port: wire_port(80),
+        proto: PROTO_TCP,
+        scope: skiff_ebpf_common::SCOPE_INTERNAL,
+    };
+    shared
+        .lock()
+        .unwrap()
+        .set_service(stray, 4242, &[(backend_ip, 8080)])
+        .unwrap();
+    let mut proxier = Proxier::new(shared, Vec::new(), "10.252.0.0/16".parse().unwrap()).unwrap();
+
+    // A full sync given in slices (as the sync loop does), walking the model as it goes: a
+    // slice programs its services and sweeps nothing; the last one, marked full, sweeps what
+    // nobody wants.
     model.upsert_service(svc.clone());
     model.upsert_slice(slice(true));
     for i in 0..1500u32 {
@@ -427,18 +444,43 @@ fn the_service_model_programs_the_maps() {
         );
     }
     model.force_full();
-    let keys = model.take_full().unwrap();
+    assert!(model.take_full());
     model.take_changes();
-    let chunks: Vec<_> = keys.chunks(100).collect();
-    for (n, chunk) in chunks.iter().enumerate() {
-        let services = chunk.iter().map(|k| (k.clone(), model.ports(k))).collect();
-        let full = n + 1 == chunks.len();
+    let (mut after, mut given, mut removed) = (None, 0, 0);
+    loop {
+        let keys = model.keys_after(after.as_ref(), 100);
+        let full = keys.len() < 100;
+        given += keys.len();
+        after = keys.last().cloned().or(after);
+        let services = keys.into_iter().map(|k| {
+            let ports = model.ports(&k);
+            (k, ports)
+        });
         let (stats, _) = proxier
-            .sync(skiff_agent::proxy::model::Changes { full, services })
+            .sync(skiff_agent::proxy::model::Changes {
+                full,
+                services: services.collect(),
+            })
             .unwrap();
         assert_eq!(stats.full, full);
+        removed += stats.frontends_removed;
+        if full {
+            break;
+        }
+        assert_eq!(removed, 0, "nothing is swept before the pass ends");
     }
+    assert_eq!(given, 1501);
+    assert_eq!(removed, 1, "the stray frontend, and nothing wanted");
     assert_eq!(connects(&c, vip).unwrap(), client);
+    let stray_left = proxier
+        .datapath()
+        .lock()
+        .unwrap()
+        .frontends()
+        .unwrap()
+        .iter()
+        .any(|(f, _)| *f == stray);
+    assert!(!stray_left);
 
     model.delete_service(&svc);
     for i in 0..1500u32 {

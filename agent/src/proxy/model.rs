@@ -297,13 +297,22 @@ impl Model {
         }
     }
 
-    /// Starts a full sync to be given in slices: every Service's key, when one is due (the
-    /// changes since are still to take).
-    pub fn take_full(&mut self) -> Option<Vec<ServiceKey>> {
-        if !std::mem::take(&mut self.full) {
-            return None;
-        }
-        Some(self.services.keys().cloned().collect())
+    /// Starts a full sync to be given in slices (`keys_after`), when one is due; the changes
+    /// since are still to take.
+    pub fn take_full(&mut self) -> bool {
+        std::mem::take(&mut self.full)
+    }
+
+    /// Up to `n` Service keys in order after `after` (from the first when `None`): a sliced
+    /// full sync walks the Services as they are at each slice, not a copy of them all.
+    pub fn keys_after(&self, after: Option<&ServiceKey>, n: usize) -> Vec<ServiceKey> {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.services
+            .range((from, Bound::Unbounded))
+            .take(n)
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 
     /// Drains the changes: the resolved ports of each changed Service (all Services when full).

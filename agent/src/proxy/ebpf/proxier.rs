@@ -76,9 +76,16 @@ pub struct Proxier {
     /// What an earlier agent left in the map: its frontends keep their ids (so no backend
     /// slot is ever rewritten under a frontend of another service) until the first full sync.
     adopted: HashMap<Frontend, (u32, u16)>,
-    /// Every frontend the map may hold: what an earlier agent left and what this one wrote
-    /// and did not remove. A full sync sweeps what of it nobody wants, without reading the map.
-    in_map: HashSet<Frontend>,
+    /// Every frontend the map may hold (what an earlier agent left and what this one wrote
+    /// and did not remove), with the generation it was last written in. A full sync rewrites
+    /// every wanted frontend, so what it leaves at an older generation nobody wants: the sweep
+    /// removes it without reading the map or gathering what is wanted.
+    in_map: HashMap<Frontend, u64>,
+    /// The generation of writes: it moves on with the first sync after a sweep or a failure,
+    /// so that it is never older than the full sync under way.
+    generation: u64,
+    /// A generation is open: no sweep or failure since it began.
+    open: bool,
 }
 
 /// What one sync gathers besides its statistics.
@@ -187,7 +194,7 @@ impl Proxier {
             .map(|(f, v)| (f, (v.id, v.count)))
             .collect();
         let next = adopted.values().map(|(id, _)| id + 1).max().unwrap_or(1);
-        let in_map = adopted.keys().copied().collect();
+        let in_map = adopted.keys().map(|f| (*f, 0)).collect();
         Ok(Self {
             dp,
             algorithm: Algorithm::Random,
@@ -200,6 +207,8 @@ impl Proxier {
             next,
             adopted,
             in_map,
+            generation: 0,
+            open: false,
         })
     }
 
@@ -257,12 +266,24 @@ impl Proxier {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let dp = &mut *dp;
-        let mut work = Work::default();
-        for (svc, ports) in changes.services {
-            self.apply(dp, svc, ports, &mut stats, &mut work)?;
+        if !std::mem::replace(&mut self.open, true) {
+            self.generation += 1;
         }
-        if changes.full {
-            self.sweep(dp, &mut stats)?;
+        let mut work = Work::default();
+        let applied = changes
+            .services
+            .into_iter()
+            .try_for_each(|(svc, ports)| self.apply(dp, svc, ports, &mut stats, &mut work));
+        let swept = applied.and_then(|()| {
+            if changes.full {
+                self.open = false;
+                self.sweep(dp, &mut stats)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = swept {
+            self.open = false;
+            return Err(e);
         }
         if !work.gone.is_empty() {
             let gone: Vec<_> = work.gone.into_iter().collect();
@@ -308,7 +329,7 @@ impl Proxier {
             for w in &wanted {
                 let set = &prog.sets[&w.set];
                 let flags = w.flags | if maglev { SVC_MAGLEV } else { 0 };
-                self.in_map.insert(w.frontend);
+                self.in_map.insert(w.frontend, self.generation);
                 dp.put_frontend(
                     w.frontend,
                     set.id,
@@ -365,12 +386,13 @@ impl Proxier {
     /// The end of a full sync: frontends nobody wants leave the map, and so do the backend
     /// sets of an earlier agent that nobody took over.
     fn sweep(&mut self, dp: &mut Datapath, stats: &mut SyncStats) -> Result<(), EbpfError> {
-        let wanted: HashSet<Frontend> = self
-            .programmed
-            .values()
-            .flat_map(|ports| ports.values().flat_map(|p| p.frontends.iter().copied()))
+        let current = self.generation;
+        let unwanted: Vec<Frontend> = self
+            .in_map
+            .iter()
+            .filter(|(_, g)| **g < current)
+            .map(|(f, _)| *f)
             .collect();
-        let unwanted: Vec<Frontend> = self.in_map.difference(&wanted).copied().collect();
         for f in unwanted {
             dp.remove_service(f, 0, 0)?;
             self.in_map.remove(&f);
