@@ -309,6 +309,11 @@ async fn main() -> ExitCode {
                 setup = n
                     .set_veth_hook(proxy::ebpf::veth_hook(Arc::clone(dp)))
                     .await;
+                if setup.is_ok() {
+                    setup = n
+                        .set_overlay_hook(proxy::ebpf::overlay_hook(Arc::clone(dp)))
+                        .await;
+                }
             }
             if let Err(e) = setup {
                 eprintln!("error: {e}");

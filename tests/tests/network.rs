@@ -62,6 +62,14 @@ fn pods_reach_each_other_across_nodes_keep_their_ips_and_survive_node_loss() {
     );
     let ips: std::collections::BTreeSet<_> = web.iter().map(|p| p.ip.clone()).collect();
     assert_eq!(ips.len(), 4, "every pod has its own address: {web:?}");
+    // Its MAC follows from its address, so a pod that takes over an address takes the MAC
+    // the nodes' neighbour entries hold for it.
+    for p in &web {
+        let mac = in_pod(&p.container, "cat /sys/class/net/eth0/address").unwrap();
+        let o: Vec<u8> = p.ip.split('.').map(|b| b.parse().unwrap()).collect();
+        let want = format!("0a:58:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
+        assert_eq!(mac.trim(), want, "{}", p.name);
+    }
 
     // Every pod reaches every other pod, same node and across nodes, over TCP and UDP, and the
     // receiver sees the sender's own pod IP.

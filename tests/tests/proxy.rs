@@ -127,6 +127,13 @@ fn output(mut cmd: Command) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// A shell command in node `n`'s namespace.
+fn node_sh(c: &Cluster, n: usize, script: &str) -> Result<String, String> {
+    let mut cmd = c.in_node(n, "sh");
+    cmd.args(["-c", script]);
+    output(cmd)
+}
+
 /// An HTTP GET bounded to `secs`.
 fn get(c: &Cluster, from: &From, url: &str, secs: u32) -> Result<String, String> {
     let secs = secs.to_string();
@@ -232,6 +239,63 @@ fn conformance(mode: &str) {
         });
         let seen = s.must(&case, &from, &format!("http://{vip}/clientip"));
         assert_eq!(ip_of(&seen), s.client_on(n).ip, "{case}: source kept");
+    }
+
+    // pod -> pod on the other node, by its IP: the receiver sees the sender's address over
+    // TCP and UDP. In eBPF mode the datapath routes it between pod veths and the overlay
+    // device (host routing), so neither node's FORWARD chain sees it; in iptables mode both do.
+    let (a, b) = (
+        s.client_on(1),
+        s.web.iter().find(|p| p.node == s.c.node_name(2)).unwrap(),
+    );
+    let count = format!(
+        "-s {} -d {} -m comment --comment e2e-host-routing",
+        a.ip, b.ip
+    );
+    for n in [1, 2] {
+        node_sh(
+            &s.c,
+            n,
+            &format!("iptables-legacy -I FORWARD {count} && iptables-legacy -Z FORWARD 1"),
+        )
+        .unwrap();
+    }
+    let case = "pod -> pod on the other node";
+    let seen = s.must(
+        case,
+        &From::Pod(a),
+        &format!("http://{}:8080/clientip", b.ip),
+    );
+    assert_eq!(ip_of(&seen), a.ip, "{case} (TCP): source kept");
+    let seen = in_pod(
+        &a.container,
+        &format!("/netexec dial-udp {}:8081 clientip", b.ip),
+    )
+    .unwrap_or_else(|e| panic!("{case} (UDP): {e}"));
+    assert_eq!(ip_of(&seen), a.ip, "{case} (UDP): source kept");
+    for n in [1, 2] {
+        let listed = node_sh(
+            &s.c,
+            n,
+            &format!("iptables-legacy -L FORWARD 1 -v -x -n && iptables-legacy -D FORWARD {count}"),
+        )
+        .unwrap();
+        let packets: u64 = listed
+            .split_whitespace()
+            .next()
+            .and_then(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("{case}: no counter in {listed:?}"));
+        if mode == "ebpf" {
+            assert_eq!(
+                packets, 0,
+                "{case}: node{n}'s FORWARD chain saw it (no host routing)"
+            );
+        } else {
+            assert!(
+                packets > 0,
+                "{case}: node{n} routed it by its stack: {listed}"
+            );
+        }
     }
 
     // node -> ClusterIP works (the node's address is masqueraded toward remote backends).
@@ -411,14 +475,11 @@ fn conformance(mode: &str) {
     });
 
     // Headless services are not proxied; in eBPF mode no iptables rule translates services.
-    let rules = output({
-        let mut cmd = s.c.in_node(1, "sh");
-        cmd.args([
-            "-c",
-            "iptables-legacy-save 2>/dev/null; iptables-save 2>/dev/null",
-        ]);
-        cmd
-    })
+    let rules = node_sh(
+        &s.c,
+        1,
+        "iptables-legacy-save 2>/dev/null; iptables-save 2>/dev/null",
+    )
     .unwrap();
     assert!(rules.contains("SKIFF-POD-MASQ"), "rules were read: {rules}");
     assert!(

@@ -11,11 +11,14 @@ use super::{NetworkError, link_index};
 
 pub const BRIDGE: &str = "skiff0";
 
-/// The bridge's MAC: fixed, from the gateway address (kubenet's `0a:58` scheme). Left to
-/// itself a bridge takes the lowest MAC of its ports and changes it as pods come and go, and
-/// pods whose ARP cache still holds the old one send into the void until they ask again.
-pub fn bridge_mac(gateway: Ipv4Addr) -> Vec<u8> {
-    let o = gateway.octets();
+/// The MAC of an address on the pod network, fixed by the address (kubenet's `0a:58` scheme).
+/// Left to itself a bridge takes the lowest MAC of its ports and changes it as pods come and
+/// go, and pods whose ARP cache still holds the old one send into the void until they ask
+/// again. A pod's `eth0` gets one too: a pod that takes over a deleted pod's address takes
+/// its MAC with it, so the node's neighbour entry for the address stays right (the eBPF
+/// datapath forwards by that entry without refreshing it, as the stack would).
+pub fn mac_of(addr: Ipv4Addr) -> Vec<u8> {
+    let o = addr.octets();
     vec![0x0a, 0x58, o[0], o[1], o[2], o[3]]
 }
 
@@ -53,7 +56,7 @@ pub async fn ensure_bridge(
         .set(
             LinkUnspec::new_with_index(index)
                 .mtu(mtu)
-                .address(bridge_mac(gateway))
+                .address(mac_of(gateway))
                 .up()
                 .build(),
         )
@@ -127,6 +130,7 @@ pub async fn wire(
             .link()
             .set(
                 LinkUnspec::new_with_index(peer_index)
+                    .address(mac_of(pod.ip))
                     .setns_by_pid(pod.pid)
                     .build(),
             )

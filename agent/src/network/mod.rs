@@ -221,6 +221,10 @@ impl ClusterConfig {
 /// to the veth there and learns the pod's namespace, before the pod's containers start).
 pub type VethHook = Arc<dyn Fn(&str, Option<(u64, Ipv4Addr)>) + Send + Sync>;
 
+/// Called with the overlay device's name and index, and the node's podCIDR, once the hook is
+/// set and whenever the device is re-created (the eBPF datapath routes pod traffic through it).
+pub type OverlayHook = Arc<dyn Fn(&str, u32, Ipv4Net) + Send + Sync>;
+
 /// This thread's network namespace, as the kernel's socket programs name it.
 pub fn netns_cookie() -> std::io::Result<u64> {
     let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
@@ -245,6 +249,9 @@ pub fn netns_cookie() -> std::io::Result<u64> {
 /// Pods' side of the node's network: the bridge, addresses and per-pod files.
 pub struct PodNetwork {
     veth_hook: std::sync::OnceLock<VethHook>,
+    overlay_hook: std::sync::OnceLock<OverlayHook>,
+    /// The overlay device's index as last seen (0: not yet).
+    overlay_index: std::sync::atomic::AtomicU32,
     handle: rtnetlink::Handle,
     bridge: u32,
     ipam: Ipam,
@@ -313,6 +320,31 @@ impl PodNetwork {
             hook(&name, None);
         }
         Ok(())
+    }
+
+    /// Sets the hook for the overlay device and runs it for the device there now.
+    pub async fn set_overlay_hook(&self, hook: OverlayHook) -> Result<(), NetworkError> {
+        let _ = self.overlay_hook.set(Arc::clone(&hook));
+        let index = link_index(&self.handle, overlay::DEVICE)
+            .await?
+            .ok_or_else(|| NetworkError::Pod(format!("no device {}", overlay::DEVICE)))?;
+        self.overlay_index
+            .store(index, std::sync::atomic::Ordering::Relaxed);
+        hook(overlay::DEVICE, index, self.pod_cidr());
+        Ok(())
+    }
+
+    /// Records the overlay device's index after a sync; a new one (the device was re-created)
+    /// runs the hook.
+    fn overlay_seen(&self, index: u32) {
+        let before = self
+            .overlay_index
+            .swap(index, std::sync::atomic::Ordering::Relaxed);
+        if before != index
+            && let Some(hook) = self.overlay_hook.get()
+        {
+            hook(overlay::DEVICE, index, self.pod_cidr());
+        }
     }
 
     /// With `on`, packets to the service range that no dataplane translated (a service
@@ -522,6 +554,8 @@ pub async fn start(
     tracing::info!(%pod_cidr, vtep = %overlay::format_mac(&mac), "pod network ready");
     let net = Arc::new(PodNetwork {
         veth_hook: std::sync::OnceLock::new(),
+        overlay_hook: std::sync::OnceLock::new(),
+        overlay_index: std::sync::atomic::AtomicU32::new(0),
         handle,
         bridge,
         ipam,
@@ -562,7 +596,10 @@ pub async fn start(
                 continue;
             }
             match overlay.sync(&peers).await {
-                Ok(n) => tracing::debug!("overlay: {n} of {} peers programmed", peers.len()),
+                Ok((index, n)) => {
+                    keep.overlay_seen(index);
+                    tracing::debug!("overlay: {n} of {} peers programmed", peers.len());
+                }
                 Err(e) => {
                     // Soon, not at the next tick: until then no pod reaches the other nodes.
                     tracing::warn!("overlay sync (retried in 250 ms): {e}");

@@ -207,8 +207,9 @@ impl Overlay {
     }
 
     /// Brings the kernel's per-peer entries in line with `peers`: adds and fixes what differs,
-    /// removes entries of nodes that are gone. Returns how many peers are programmed.
-    pub async fn sync(&self, peers: &[Peer]) -> Result<usize, NetworkError> {
+    /// removes entries of nodes that are gone. Returns the device's index and how many peers
+    /// are programmed.
+    pub async fn sync(&self, peers: &[Peer]) -> Result<(u32, usize), NetworkError> {
         let index = self.ensure_device().await?;
         let state = self.read_state(index).await?;
         let mut programmed = 0;
@@ -259,7 +260,7 @@ impl Overlay {
                     .await;
             }
         }
-        Ok(programmed)
+        Ok((index, programmed))
     }
 
     fn route(&self, index: u32, cidr: Ipv4Net) -> RouteMessage {

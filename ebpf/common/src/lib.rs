@@ -171,13 +171,28 @@ pub struct NodeConfig {
     /// The cluster's pod network (network byte order); a mask of 0 until it is known.
     pub cluster_net: u32,
     pub cluster_mask: u32,
-    pub _pad: u32,
+    /// This node's podCIDR (network byte order); a mask of 0 until the overlay is up.
+    pub local_net: u32,
+    pub local_mask: u32,
+    /// The overlay device: pod traffic to other nodes' pods is sent to it directly (0: through
+    /// the node's stack).
+    pub overlay_ifindex: u32,
 }
 
 impl NodeConfig {
     /// An address in the pod network.
     pub fn in_cluster(&self, addr: u32) -> bool {
         self.cluster_mask != 0 && addr & self.cluster_mask == self.cluster_net
+    }
+
+    /// An address of this node's pods.
+    pub fn is_local_pod(&self, addr: u32) -> bool {
+        self.local_mask != 0 && addr & self.local_mask == self.local_net
+    }
+
+    /// An address of another node's pods, reached through the overlay.
+    pub fn is_remote_pod(&self, addr: u32) -> bool {
+        self.overlay_ifindex != 0 && self.in_cluster(addr) && !self.is_local_pod(addr)
     }
 }
 

@@ -13,7 +13,9 @@
 //!
 //! A pod's packets to a backend in the pod network are routed by the datapath itself (FIB lookup,
 //! TTL, redirect to the bridge or the overlay), so the service path costs no more than the
-//! direct one: the node's routing and netfilter are skipped as the bridge skips them.
+//! direct one: the node's routing and netfilter are skipped as the bridge skips them. Plain pod
+//! traffic between nodes is routed so too: `skiff_from_pod` sends it to the overlay device and
+//! `skiff_from_overlay` (tc ingress of that device) on to the bridge.
 //!
 //! Every direction of a connection is tracked on the node that translated it: a pod's packets
 //! cross its veth wherever the backend runs, and SNATed external traffic comes back to the node
@@ -245,7 +247,7 @@ fn apply(ctx: &TcContext, p: &Packet, v: &CtValue) -> Result<i32, i64> {
                 p.daddr
             },
         );
-        return Ok(fib_forward(ctx, p.proto, saddr, daddr));
+        return Ok(fib_forward(ctx, p.proto, saddr, daddr, None));
     }
     Ok(TC_ACT_OK)
 }
@@ -296,8 +298,9 @@ fn bounce(ctx: &TcContext) -> Result<i32, i64> {
 
 /// Forwards the packet by the FIB, past the stack: its source may be one of the node's own
 /// addresses (masqueraded, or a NodePort reply), which the input path would drop as martian.
+/// With `only`, a packet the FIB sends elsewhere than that interface is left to the stack.
 #[inline(always)]
-fn fib_forward(ctx: &TcContext, proto: u8, saddr: u32, daddr: u32) -> i32 {
+fn fib_forward(ctx: &TcContext, proto: u8, saddr: u32, daddr: u32, only: Option<u32>) -> i32 {
     // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
     fib.family = AF_INET;
@@ -318,6 +321,9 @@ fn fib_forward(ctx: &TcContext, proto: u8, saddr: u32, daddr: u32) -> i32 {
     let found = rc == BPF_FIB_LKUP_RET_SUCCESS as i64;
     if !found && rc != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         count(STAT_FIB_MISS);
+        return TC_ACT_OK;
+    }
+    if only.is_some_and(|i| i != fib.ifindex) {
         return TC_ACT_OK;
     }
     match decrement_ttl(ctx) {
@@ -495,7 +501,11 @@ fn translate(ctx: &TcContext, scope: u8) -> Result<i32, i64> {
     };
     // SAFETY: copied out at once.
     let Some(svc) = unsafe { SERVICES.get(skey) }.copied() else {
-        return Ok(TC_ACT_OK);
+        return Ok(if scope == SCOPE_INTERNAL {
+            to_overlay(ctx, &p)
+        } else {
+            TC_ACT_OK
+        });
     };
     if svc.count == 0 {
         if scope == SCOPE_EXTERNAL {
@@ -576,6 +586,34 @@ fn translate(ctx: &TcContext, scope: u8) -> Result<i32, i64> {
     CT.insert(key, forward, 0)?;
     count(STAT_TRANSLATED);
     apply(ctx, &p, &forward)
+}
+
+/// Host routing: a pod's packet to another node's pod goes from the pod's veth straight to the
+/// overlay device, past the bridge, the node's routing and netfilter (pod-to-pod traffic is
+/// never masqueraded, so they have nothing to do to it).
+#[inline(always)]
+fn to_overlay(ctx: &TcContext, p: &Packet) -> i32 {
+    match config() {
+        Some(cfg) if cfg.is_remote_pod(p.daddr) => {
+            fib_forward(ctx, p.proto, p.saddr, p.daddr, Some(cfg.overlay_ifindex))
+        }
+        _ => TC_ACT_OK,
+    }
+}
+
+/// Tc ingress of the overlay device: what another node sends to this node's pods goes
+/// straight to the bridge (the pod veth's egress program still sees it).
+#[classifier]
+pub fn skiff_from_overlay(ctx: TcContext) -> i32 {
+    let Some(p) = parse(&ctx) else {
+        return TC_ACT_OK;
+    };
+    match config() {
+        Some(cfg) if cfg.overlay_ifindex != 0 && cfg.is_local_pod(p.daddr) => {
+            fib_forward(&ctx, p.proto, p.saddr, p.daddr, None)
+        }
+        _ => TC_ACT_OK,
+    }
 }
 
 #[classifier]

@@ -26,6 +26,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!("../../../../ebpf/prebuilt/sk
 const FROM_POD: &str = "skiff_from_pod";
 const TO_POD: &str = "skiff_to_pod";
 const FROM_WORLD: &str = "skiff_from_world";
+const FROM_OVERLAY: &str = "skiff_from_overlay";
 /// The socket programs, each with the name of its link's pin.
 const SOCKET_PROGRAMS: [(&str, &str); 4] = [
     ("skiff_sock_connect4", "cgroup-connect4"),
@@ -182,6 +183,33 @@ fn classifier<'a>(
     program(bpf, name)
 }
 
+/// An interface name as a pin's name: bpffs refuses names with a dot (`skiff.vxlan`).
+fn pin_escape(ifname: &str) -> String {
+    ifname.replace('%', "%25").replace('.', "%2e")
+}
+
+fn pin_unescape(pin: &str) -> String {
+    let mut out = String::with_capacity(pin.len());
+    let mut rest = pin;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        let code = rest.get(i + 1..i + 3);
+        match code {
+            Some("2e") => out.push('.'),
+            Some("25") => out.push('%'),
+            // Not written by `pin_escape`: kept as it is.
+            _ => {
+                out.push('%');
+                rest = &rest[i + 1..];
+                continue;
+            }
+        }
+        rest = &rest[i + 3..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// One of the object's programs, as its kind.
 fn program<'a, T>(bpf: &'a mut aya::Ebpf, name: &'static str) -> Result<&'a mut T, EbpfError>
 where
@@ -208,7 +236,7 @@ impl Datapath {
             loader.map_max_entries(name, entries);
         }
         let mut bpf = loader.load(OBJECT)?;
-        for name in [FROM_POD, TO_POD, FROM_WORLD] {
+        for name in [FROM_POD, TO_POD, FROM_WORLD, FROM_OVERLAY] {
             classifier(&mut bpf, name)?
                 .load()
                 .map_err(|e| EbpfError::Program(name, e))?;
@@ -254,7 +282,7 @@ impl Datapath {
             let Ok(index) = index.parse::<u32>() else {
                 continue;
             };
-            if nix::net::if_::if_nametoindex(ifname).ok() != Some(index) {
+            if nix::net::if_::if_nametoindex(pin_unescape(ifname).as_str()).ok() != Some(index) {
                 std::fs::remove_file(entry.path())?;
                 removed += 1;
             }
@@ -267,6 +295,24 @@ impl Datapath {
         self.attach_tc(ifname, &[(FROM_WORLD, TcAttachType::Ingress, "ingress")])
     }
 
+    /// Host routing through the overlay device `ifname` (index `index`), this node's pods
+    /// being `pod_cidr`: its ingress program takes arriving pod traffic to the bridge, and the
+    /// pod programs send pod traffic for other nodes to it.
+    pub fn attach_overlay(
+        &mut self,
+        ifname: &str,
+        index: u32,
+        pod_cidr: ipnet::Ipv4Net,
+    ) -> Result<(), EbpfError> {
+        self.attach_tc(ifname, &[(FROM_OVERLAY, TcAttachType::Ingress, "ingress")])?;
+        self.write_config(NodeConfig {
+            local_net: wire_addr(pod_cidr.network()),
+            local_mask: wire_addr(pod_cidr.netmask()),
+            overlay_ifindex: index,
+            ..self.config
+        })
+    }
+
     fn attach_tc(
         &mut self,
         ifname: &str,
@@ -277,7 +323,9 @@ impl Datapath {
         for &(name, hook, dir) in hooks {
             // The interface index is in the name: a re-created interface of the same name is a
             // new attachment, never the dead link of the old one.
-            let pin = self.links.join(format!("{ifname}-{index}-{dir}"));
+            let pin = self
+                .links
+                .join(format!("{}-{index}-{dir}", pin_escape(ifname)));
             let prog = classifier(&mut self.bpf, name)?;
             let id = match PinnedLink::from_pin(&pin) {
                 Ok(old) => {
@@ -704,6 +752,21 @@ pub fn veth_hook(dp: proxier::Shared) -> crate::network::VethHook {
     })
 }
 
+/// The pod network's hook for its overlay device, run whenever the device is (re)created.
+pub fn overlay_hook(dp: proxier::Shared) -> crate::network::OverlayHook {
+    std::sync::Arc::new(move |ifname: &str, index: u32, pod_cidr: ipnet::Ipv4Net| {
+        let mut dp = dp.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match dp.attach_overlay(ifname, index, pod_cidr) {
+            Ok(()) => tracing::info!(ifname, index, "host routing through the overlay device"),
+            // Pod traffic between nodes then takes the node's stack, as in iptables mode.
+            Err(e) => tracing::error!(ifname, "attaching the overlay's program: {e}"),
+        }
+        if let Err(e) = dp.forget_gone_links() {
+            tracing::warn!("removing pins of deleted interfaces: {e}");
+        }
+    })
+}
+
 /// Removes the datapath of an earlier run in eBPF mode: unpinning its links detaches the
 /// programs, and unpinning the maps frees them.
 pub fn remove_pins(pins: &Path) -> Result<(), EbpfError> {
@@ -711,5 +774,19 @@ pub fn remove_pins(pins: &Path) -> Result<(), EbpfError> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{pin_escape, pin_unescape};
+
+    #[test]
+    fn interface_names_survive_the_pin_name() {
+        for name in ["skiff.vxlan", "vethab12cd", "a%2eb", "%", "x.%.y", "50%"] {
+            let pin = pin_escape(name);
+            assert!(!pin.contains('.'), "{pin}");
+            assert_eq!(pin_unescape(&pin), name);
+        }
     }
 }
