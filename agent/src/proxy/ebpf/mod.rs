@@ -246,10 +246,17 @@ impl Datapath {
                 .load()
                 .map_err(|e| EbpfError::Program(name, e))?;
         }
+        // What an earlier agent set stays in force (host routing above all) until this one
+        // has set it anew.
+        let config = bpf
+            .map("CONFIG")
+            .and_then(|m| Array::<_, NodeConfig>::try_from(m).ok())
+            .and_then(|a| a.get(&0, 0).ok())
+            .unwrap_or_default();
         Ok(Self {
             bpf,
             links: pins.join("links"),
-            config: NodeConfig::default(),
+            config,
         })
     }
 
