@@ -402,7 +402,7 @@ pub fn svg_bars(title: &str, bars: &[(&str, f64, f64)]) -> String {
             ));
         }
         let note = if *target > 0.0 {
-            format!("{value:.1} (target {target})")
+            format!("{value:.1} (target {target:.1})")
         } else {
             format!("{value:.1}")
         };

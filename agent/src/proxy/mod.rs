@@ -242,6 +242,9 @@ pub async fn run(
             }
         };
         tokio::select! {
+            // In order: watch events that are waiting go into the model before the next sync,
+            // or a change would wait behind slices picked at random before it.
+            biased;
             () = async { let _ = stop.wait_for(|s| *s).await; } => break,
             ev = services.next() => match ev {
                 Some(Ok(ev)) => {
