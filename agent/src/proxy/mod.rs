@@ -142,25 +142,6 @@ struct Pass {
 /// than that.
 const SLICE_SERVICES: usize = 50;
 
-/// The nice value of a full sync's slices: on a busy node the slices give way to everything
-/// else (the changes that follow them above all), and take the idle time.
-const BACKGROUND_NICE: i32 = 10;
-
-/// Sets the calling thread's nice value (a thread id names one thread to setpriority).
-fn set_nice(nice: i32) {
-    let tid = nix::unistd::gettid().as_raw();
-    // SAFETY: setpriority only reads its integer arguments.
-    let rc =
-        unsafe { nix::libc::setpriority(nix::libc::PRIO_PROCESS, tid as nix::libc::id_t, nice) };
-    if rc != 0 {
-        tracing::debug!(
-            nice,
-            "setting the sync thread's priority: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
 const BRIDGE_NF: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
 
 /// Replies from a backend on this node to a client on this node are bridged, not routed: they
@@ -288,8 +269,6 @@ pub async fn run(
                     pass = Some(Pass { after: None, began: started, services: 0, owed: false });
                 }
                 let mut changes = model.take_changes();
-                // A slice that carries no change is background work.
-                let mut background = false;
                 if let Some(ps) = &mut pass {
                     if !changes.services.is_empty() && !ps.owed {
                         // Changes go alone, ahead of the next slice: they wait for the slice
@@ -297,7 +276,6 @@ pub async fn run(
                         ps.owed = true;
                     } else {
                         ps.owed = false;
-                        background = changes.services.is_empty();
                         let keys = model.keys_after(ps.after.as_ref(), SLICE_SERVICES);
                         changes.full = keys.len() < SLICE_SERVICES;
                         ps.services += keys.len();
@@ -317,13 +295,7 @@ pub async fn run(
                     last_sync = Some(started);
                 }
                 let (p, result) = match tokio::task::spawn_blocking(move || {
-                    if background {
-                        set_nice(BACKGROUND_NICE);
-                    }
                     let r = p.sync(changes);
-                    if background {
-                        set_nice(0);
-                    }
                     (p, r)
                 })
                 .await

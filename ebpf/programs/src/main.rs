@@ -601,15 +601,20 @@ fn to_overlay(ctx: &TcContext, p: &Packet) -> i32 {
     }
 }
 
-/// Tc ingress of the overlay device: what another node sends to this node's pods goes
-/// straight to the bridge (the pod veth's egress program still sees it).
+/// Tc ingress of the overlay device: what another node's pods send to this node's pods goes
+/// straight to the bridge (the pod veth's egress program still sees it). Only pod-to-pod
+/// traffic: its replies take `to_overlay`, so neither direction meets this node's conntrack.
+/// Traffic from a node's address (a NodePort masqueraded by the node that took it) goes
+/// through the stack, whose conntrack must see it for the reply to keep its addresses.
 #[classifier]
 pub fn skiff_from_overlay(ctx: TcContext) -> i32 {
     let Some(p) = parse(&ctx) else {
         return TC_ACT_OK;
     };
     match config() {
-        Some(cfg) if cfg.overlay_ifindex != 0 && cfg.is_local_pod(p.daddr) => {
+        Some(cfg)
+            if cfg.overlay_ifindex != 0 && cfg.in_cluster(p.saddr) && cfg.is_local_pod(p.daddr) =>
+        {
             fib_forward(&ctx, p.proto, p.saddr, p.daddr, None)
         }
         _ => TC_ACT_OK,
