@@ -188,28 +188,6 @@ fn pin_escape(ifname: &str) -> String {
     ifname.replace('%', "%25").replace('.', "%2e")
 }
 
-fn pin_unescape(pin: &str) -> String {
-    let mut out = String::with_capacity(pin.len());
-    let mut rest = pin;
-    while let Some(i) = rest.find('%') {
-        out.push_str(&rest[..i]);
-        let code = rest.get(i + 1..i + 3);
-        match code {
-            Some("2e") => out.push('.'),
-            Some("25") => out.push('%'),
-            // Not written by `pin_escape`: kept as it is.
-            _ => {
-                out.push('%');
-                rest = &rest[i + 1..];
-                continue;
-            }
-        }
-        rest = &rest[i + 3..];
-    }
-    out.push_str(rest);
-    out
-}
-
 /// One of the object's programs, as its kind.
 fn program<'a, T>(bpf: &'a mut aya::Ebpf, name: &'static str) -> Result<&'a mut T, EbpfError>
 where
@@ -289,7 +267,9 @@ impl Datapath {
             let Ok(index) = index.parse::<u32>() else {
                 continue;
             };
-            if nix::net::if_::if_nametoindex(pin_unescape(ifname).as_str()).ok() != Some(index) {
+            // Gone unless the interface at that index still has that name.
+            let now = nix::net::if_::if_indextoname(index).ok();
+            if now.is_none_or(|n| pin_escape(&n.to_string_lossy()) != ifname) {
                 std::fs::remove_file(entry.path())?;
                 removed += 1;
             }
@@ -786,14 +766,25 @@ pub fn remove_pins(pins: &Path) -> Result<(), EbpfError> {
 
 #[cfg(test)]
 mod tests {
-    use super::{pin_escape, pin_unescape};
+    use super::pin_escape;
 
     #[test]
     fn interface_names_survive_the_pin_name() {
-        for name in ["skiff.vxlan", "vethab12cd", "a%2eb", "%", "x.%.y", "50%"] {
-            let pin = pin_escape(name);
-            assert!(!pin.contains('.'), "{pin}");
-            assert_eq!(pin_unescape(&pin), name);
-        }
+        let names = [
+            "skiff.vxlan",
+            "vethab12cd",
+            "a%2eb",
+            "a.b",
+            "%",
+            "x.%.y",
+            "50%",
+        ];
+        let pins: std::collections::HashSet<String> = names.iter().map(|n| pin_escape(n)).collect();
+        assert_eq!(
+            pins.len(),
+            names.len(),
+            "distinct names stay distinct: {pins:?}"
+        );
+        assert!(pins.iter().all(|p| !p.contains('.')), "{pins:?}");
     }
 }

@@ -270,18 +270,8 @@ impl Proxier {
             self.generation += 1;
         }
         let mut work = Work::default();
-        let applied = changes
-            .services
-            .into_iter()
-            .try_for_each(|(svc, ports)| self.apply(dp, svc, ports, &mut stats, &mut work));
-        let swept = applied.and_then(|()| {
-            if changes.full {
-                self.open = false;
-                self.sweep(dp, &mut stats)?;
-            }
-            Ok(())
-        });
-        if let Err(e) = swept {
+        if let Err(e) = self.apply_all(dp, changes, &mut stats, &mut work) {
+            // Whatever this sync left half-written is older than the next generation.
             self.open = false;
             return Err(e);
         }
@@ -290,6 +280,25 @@ impl Proxier {
             stats.connections_forgotten = dp.forget_backends(&gone)?;
         }
         Ok((stats, work.previous))
+    }
+
+    /// Applies every changed service, then, at the end of a full sync, sweeps (which closes
+    /// the generation).
+    fn apply_all(
+        &mut self,
+        dp: &mut Datapath,
+        changes: Changes,
+        stats: &mut SyncStats,
+        work: &mut Work,
+    ) -> Result<(), EbpfError> {
+        for (svc, ports) in changes.services {
+            self.apply(dp, svc, ports, stats, work)?;
+        }
+        if changes.full {
+            self.open = false;
+            self.sweep(dp, stats)?;
+        }
+        Ok(())
     }
 
     /// Programs one service as `ports` describe it (none: it is gone).
