@@ -98,10 +98,15 @@ impl Dataplane {
         }
     }
 
-    /// A full sync can be given in slices: all at once, it would hold up every change behind
-    /// it (iptables needs it whole: one restore).
-    fn sliced(&self) -> bool {
-        matches!(self, Self::Ebpf(_))
+    /// How many services each slice of a full sync holds, if it comes in slices: all at once,
+    /// it would hold up every change behind it. A change waits for the slice under way only.
+    fn slice(&self) -> Option<usize> {
+        match self {
+            // About 2 ms with 10 endpoints each (100 measured 4 ms at 30,000 services).
+            Self::Ebpf(_) => Some(50),
+            // One restore each: 2,400 rules with 10 endpoints each, about 50 ms with nf_tables.
+            Self::Iptables(p) => p.sliced().then_some(200),
+        }
     }
 
     fn ports(&self, key: &ServiceKey) -> &[model::ServicePort] {
@@ -136,11 +141,6 @@ struct Pass {
     /// Changes went alone last time: a slice is next.
     owed: bool,
 }
-
-/// Services per slice of a full sync given in slices: about 2 ms with 10 endpoints each
-/// (100 measured 4 ms at 30,000 services), so a change that arrives meanwhile waits no longer
-/// than that.
-const SLICE_SERVICES: usize = 50;
 
 const BRIDGE_NF: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
 
@@ -265,7 +265,8 @@ pub async fn run(
             () = wake, if ready => {
                 let Some(mut p) = proxier.take() else { break };
                 let started = Instant::now();
-                if p.sliced() && model.take_full() {
+                let slice = p.slice();
+                if slice.is_some() && model.take_full() {
                     pass = Some(Pass { after: None, began: started, services: 0, owed: false });
                 }
                 let mut changes = model.take_changes();
@@ -276,8 +277,9 @@ pub async fn run(
                         ps.owed = true;
                     } else {
                         ps.owed = false;
-                        let keys = model.keys_after(ps.after.as_ref(), SLICE_SERVICES);
-                        changes.full = keys.len() < SLICE_SERVICES;
+                        let n = slice.unwrap_or(usize::MAX);
+                        let keys = model.keys_after(ps.after.as_ref(), n);
+                        changes.full = keys.len() < n;
                         ps.services += keys.len();
                         if let Some(last) = keys.last() {
                             ps.after = Some(last.clone());
