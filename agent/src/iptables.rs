@@ -1,10 +1,10 @@
 //! Which iptables the agent drives, and running it. Both the pod-network rules and the service
 //! proxy use the same backend so that one table holds all of skiff's rules.
 //!
-//! nf_tables is preferred: it changes one chain in about 20 ms at 10,000 services, where every
-//! legacy restore, even of one rule, replaces the whole table (about 0.45 s at 10,000 services).
-//! Its one weakness, a per-command cost that grows with the number of chains one restore names,
-//! the service proxy avoids by giving a full sync in slices (see docs/benchmarks.md).
+//! Legacy is preferred when present: at 10,000 services a legacy restore replaces the whole nat
+//! table (about 0.4 s, whatever it changes) but loads all of it in about 1.5 s; an nf_tables
+//! commit validates the whole table (60-100 ms at 10,000 services, so a full sync in slices
+//! takes 6-10 s). See docs/benchmarks.md.
 
 use std::io::Write;
 use std::path::Path;
@@ -22,7 +22,7 @@ pub enum IptablesError {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Backend {
-    /// nf_tables when installed, else legacy.
+    /// Legacy when installed, else nf_tables.
     Auto,
     Legacy,
     Nft,
@@ -64,8 +64,8 @@ impl Iptables {
                 Err(IptablesError::Missing("nft", NFT.restore))
             }
             Backend::Nft => Ok(NFT),
-            Backend::Auto if installed(NFT.restore) => Ok(NFT),
-            Backend::Auto => Ok(LEGACY),
+            Backend::Auto if installed(LEGACY.restore) => Ok(LEGACY),
+            Backend::Auto => Ok(NFT),
         }
     }
 

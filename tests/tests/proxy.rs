@@ -214,11 +214,11 @@ impl Suite {
     }
 }
 
-fn conformance(mode: &str) {
+fn conformance(mode: &str, agent_flags: &[&str]) {
     if !prerequisites() {
         return;
     }
-    let c = common::cluster_with_mode(2, mode, &[]);
+    let c = common::cluster_with(2, mode, &[], agent_flags);
     let node1 = c.node_name(1);
     let eip = c.external_service_ip().to_string();
     c.kubectl_in(&["apply", "-f", "-"], Some(&manifests(&node1, &eip)))
@@ -581,10 +581,16 @@ fn conformance(mode: &str) {
 
 #[test]
 fn services_conform_in_iptables_mode() {
-    conformance("iptables");
+    conformance("iptables", &[]);
+}
+
+/// The other iptables backend: its full syncs come in slices, each a restore of its own.
+#[test]
+fn services_conform_in_iptables_mode_on_nf_tables() {
+    conformance("iptables", &["--iptables-backend", "nft"]);
 }
 
 #[test]
 fn services_conform_in_ebpf_mode() {
-    conformance("ebpf");
+    conformance("ebpf", &[]);
 }

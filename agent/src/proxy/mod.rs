@@ -104,8 +104,10 @@ impl Dataplane {
         match self {
             // About 2 ms with 10 endpoints each (100 measured 4 ms at 30,000 services).
             Self::Ebpf(_) => Some(50),
-            // One restore each: 2,400 rules with 10 endpoints each, about 50 ms with nf_tables.
-            Self::Iptables(p) => p.sliced().then_some(200),
+            // One restore each. Every nf_tables commit that adds a jump or a NAT rule walks
+            // the whole table to validate it (about 60 ms at 10,000 services), so slices are
+            // large: 500 services of 10 endpoints are about 0.2 s.
+            Self::Iptables(p) => p.sliced().then_some(500),
         }
     }
 
@@ -141,6 +143,14 @@ struct Pass {
     /// Changes went alone last time: a slice is next.
     owed: bool,
 }
+
+/// A sync this long lets watch events pile up (an iptables restore at 10,000 services takes
+/// 0.1-0.5 s; an eBPF sync or slice a few ms).
+const SLOW_SYNC: Duration = Duration::from_millis(5);
+
+/// After a slow sync, the next waits until the watches were quiet this long, but no longer
+/// than the second bound after the sync's end.
+const CATCH_UP: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(1));
 
 const BRIDGE_NF: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
 
@@ -200,6 +210,9 @@ pub async fn run(
     let mut last_full = Instant::now();
     let mut pass: Option<Pass> = None;
     let mut failures: u32 = 0;
+    let mut last_event = Instant::now();
+    // The end of the last sync, if it was slow (see CATCH_UP).
+    let mut slow_end: Option<Instant> = None;
     loop {
         let more = pass.is_some();
         let ready = have_services && have_slices && (more || model.has_changes());
@@ -213,6 +226,12 @@ pub async fn run(
                 t + backoff
             }
             None => Instant::now(),
+        };
+        // After a slow sync the watches catch up first: their HTTP streams hand over about one
+        // waiting event per poll, so a sync due at once would otherwise follow every event.
+        let earliest = match slow_end {
+            Some(end) => earliest.max((last_event + CATCH_UP.0).min(end + CATCH_UP.1)),
+            None => earliest,
         };
         let full_due = last_full + cfg.full_sync;
         // Timers tick in whole milliseconds: a deadline already due must not wait for the next
@@ -229,6 +248,7 @@ pub async fn run(
             () = async { let _ = stop.wait_for(|s| *s).await; } => break,
             ev = services.next() => match ev {
                 Some(Ok(ev)) => {
+                    last_event = Instant::now();
                     if let Some(z) = &zone {
                         mirror(&ev, |s| z.upsert_service(s), |s| z.delete_service(s));
                     }
@@ -245,6 +265,7 @@ pub async fn run(
             },
             ev = slices.next() => match ev {
                 Some(Ok(ev)) => {
+                    last_event = Instant::now();
                     if let Some(z) = &zone {
                         mirror(&ev, |s| z.upsert_slice(s), |s| z.delete_slice(s));
                     }
@@ -308,6 +329,7 @@ pub async fn run(
                         break;
                     }
                 };
+                slow_end = (started.elapsed() >= SLOW_SYNC).then(Instant::now);
                 let m = &cfg.metrics;
                 m.syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 m.last_sync_us.store(started.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);

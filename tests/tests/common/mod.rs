@@ -65,6 +65,16 @@ pub fn cluster(nodes: usize, controlplane_flags: &[&str]) -> Cluster {
 
 /// A fresh cluster whose agents run the given service proxy mode.
 pub fn cluster_with_mode(nodes: usize, proxy_mode: &str, controlplane_flags: &[&str]) -> Cluster {
+    cluster_with(nodes, proxy_mode, controlplane_flags, &[])
+}
+
+/// As `cluster_with_mode`, with extra agent flags.
+pub fn cluster_with(
+    nodes: usize,
+    proxy_mode: &str,
+    controlplane_flags: &[&str],
+    agent_flags: &[&str],
+) -> Cluster {
     static N: AtomicU32 = AtomicU32::new(0);
     let name = format!(
         "e{:05x}{}",
@@ -79,7 +89,7 @@ pub fn cluster_with_mode(nodes: usize, proxy_mode: &str, controlplane_flags: &[&
         bin_dir: bin_dir(),
         state_dir: state,
         controlplane_flags: controlplane_flags.iter().map(|s| s.to_string()).collect(),
-        agent_flags: Vec::new(),
+        agent_flags: agent_flags.iter().map(|s| s.to_string()).collect(),
     })
     .unwrap()
 }
