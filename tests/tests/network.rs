@@ -71,6 +71,25 @@ fn pods_reach_each_other_across_nodes_keep_their_ips_and_survive_node_loss() {
         assert_eq!(mac.trim(), want, "{}", p.name);
     }
 
+    // Decapsulated packets are spread over the CPUs (one receive queue would keep them all on
+    // the CPU that took the outer packet).
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
+        for n in [1, 2] {
+            let out = c
+                .in_node(n, "cat")
+                .arg("/sys/class/net/skiff.vxlan/queues/rx-0/rps_cpus")
+                .output()
+                .unwrap();
+            let mask = String::from_utf8_lossy(&out.stdout).into_owned();
+            let cpus: u32 = mask
+                .chars()
+                .filter_map(|h| h.to_digit(16))
+                .map(u32::count_ones)
+                .sum();
+            assert!(cpus > 1, "node{n}: rps_cpus {mask}");
+        }
+    }
+
     // Every pod reaches every other pod, same node and across nodes, over TCP and UDP, and the
     // receiver sees the sender's own pod IP.
     for a in &web {
