@@ -4,7 +4,7 @@
 //! Legacy is preferred when present: at 10,000 services a legacy restore replaces the whole nat
 //! table (about 0.4 s, whatever it changes) but loads all of it in about 1.5 s; an nf_tables
 //! commit validates the whole table (60-100 ms at 10,000 services, so a full sync in slices
-//! takes 6-10 s). See docs/benchmarks.md.
+//! takes about 6 s). See docs/benchmarks.md.
 
 use std::io::Write;
 use std::path::Path;
@@ -69,7 +69,7 @@ impl Iptables {
         }
     }
 
-    /// The nf_tables backend: a restore costs what it changes, not the whole table.
+    /// The nf_tables backend, whose restores the proxy keeps small (see docs/benchmarks.md).
     pub fn is_nft(&self) -> bool {
         *self == NFT
     }
