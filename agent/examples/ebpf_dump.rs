@@ -2,7 +2,7 @@
 use std::net::Ipv4Addr;
 
 use aya::maps::{HashMap, Map, MapData};
-use skiff_ebpf_common::{Backend, BackendKey, CtKey, CtValue, ServiceKey, ServiceValue};
+use skiff_ebpf_common::{Backend, BackendKey, CtKey, CtValue, LocalPod, ServiceKey, ServiceValue};
 
 fn ip(a: u32) -> Ipv4Addr {
     Ipv4Addr::from(a.to_ne_bytes())
@@ -56,6 +56,11 @@ fn main() -> Result<(), Error> {
             u16::from_be(v.dport),
             v.created / 1_000_000_000
         );
+    }
+    let pods: HashMap<_, u32, LocalPod> =
+        HashMap::try_from(Map::HashMap(open(&dir, "LOCAL_PODS")?))?;
+    for (addr, pod) in pods.iter().filter_map(Result::ok) {
+        println!("pod {} -> ifindex {}", ip(addr), pod.ifindex);
     }
     Ok(())
 }

@@ -109,6 +109,11 @@ pub fn render(s: &Sources) -> String {
                 "Packets the FIB could not forward (left to the stack).",
                 st.fib_miss,
             ),
+            (
+                "skiff_ebpf_into_pod_total",
+                "Packets from other nodes delivered straight into a local pod.",
+                st.into_pod,
+            ),
         ] {
             line(&mut out, name, "counter", help, v);
         }

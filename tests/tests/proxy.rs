@@ -214,6 +214,20 @@ impl Suite {
     }
 }
 
+/// One of a node agent's metrics, from its /metrics endpoint.
+fn metric(c: &Cluster, node: usize, name: &str) -> f64 {
+    let metrics = output({
+        let mut cmd = c.in_node(node, "busybox");
+        cmd.args(["wget", "-qO-", "http://127.0.0.1:10249/metrics"]);
+        cmd
+    })
+    .unwrap();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in node{node}'s metrics:\n{metrics}"))
+}
+
 fn conformance(mode: &str, agent_flags: &[&str]) {
     if !prerequisites() {
         return;
@@ -289,6 +303,12 @@ fn conformance(mode: &str, agent_flags: &[&str]) {
             assert_eq!(
                 packets, 0,
                 "{case}: node{n}'s FORWARD chain saw it (no host routing)"
+            );
+            // ... and both directions went from the overlay device straight into the pod.
+            let delivered = metric(&s.c, n, "skiff_ebpf_into_pod_total");
+            assert!(
+                delivered > 0.0,
+                "{case}: node{n} delivered nothing straight into a pod"
             );
         } else {
             assert!(

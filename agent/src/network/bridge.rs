@@ -17,9 +17,9 @@ pub const BRIDGE: &str = "skiff0";
 /// again. A pod's `eth0` gets one too: a pod that takes over a deleted pod's address takes
 /// its MAC with it, so the node's neighbour entry for the address stays right (the eBPF
 /// datapath forwards by that entry without refreshing it, as the stack would).
-pub fn mac_of(addr: Ipv4Addr) -> Vec<u8> {
+pub fn mac_of(addr: Ipv4Addr) -> [u8; 6] {
     let o = addr.octets();
-    vec![0x0a, 0x58, o[0], o[1], o[2], o[3]]
+    [0x0a, 0x58, o[0], o[1], o[2], o[3]]
 }
 
 /// Creates the bridge when missing and gives it the gateway address and its fixed MAC;
@@ -56,7 +56,7 @@ pub async fn ensure_bridge(
         .set(
             LinkUnspec::new_with_index(index)
                 .mtu(mtu)
-                .address(mac_of(gateway))
+                .address(mac_of(gateway).to_vec())
                 .up()
                 .build(),
         )
@@ -130,7 +130,7 @@ pub async fn wire(
             .link()
             .set(
                 LinkUnspec::new_with_index(peer_index)
-                    .address(mac_of(pod.ip))
+                    .address(mac_of(pod.ip).to_vec())
                     .setns_by_pid(pod.pid)
                     .build(),
             )

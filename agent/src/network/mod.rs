@@ -216,10 +216,20 @@ impl ClusterConfig {
     }
 }
 
-/// Called with the host-side name of every pod veth once it is wired, and the cookie of the
-/// pod's network namespace and its address when the wiring is new (the eBPF datapath attaches
-/// to the veth there and learns the pod's namespace, before the pod's containers start).
-pub type VethHook = Arc<dyn Fn(&str, Option<(u64, Ipv4Addr)>) + Send + Sync>;
+/// Called with the host-side name of every pod veth once it is wired, and what is known of its
+/// pod (the eBPF datapath attaches to the veth there and learns the pod, before the pod's
+/// containers start).
+pub type VethHook = Arc<dyn Fn(&str, Option<&WiredPod>) + Send + Sync>;
+
+/// A wired pod as the veth hook learns it.
+#[derive(Clone, Copy, Debug)]
+pub struct WiredPod {
+    pub ip: Ipv4Addr,
+    pub gateway: Ipv4Addr,
+    /// The cookie of the pod's network namespace, read from inside it: known when the wiring
+    /// is new.
+    pub netns: Option<u64>,
+}
 
 /// Called with the overlay device's name and index, and the node's podCIDR, once the hook is
 /// set and whenever the device is re-created (the eBPF datapath routes pod traffic through it).
@@ -306,7 +316,12 @@ impl PodNetwork {
         };
         let netns = bridge::wire(&self.handle, self.bridge, &link).await?;
         if let Some(hook) = self.veth_hook.get() {
-            hook(&bridge::host_veth(uid), Some((netns, ip)));
+            let pod = WiredPod {
+                ip,
+                gateway: self.ipam.gateway(),
+                netns: Some(netns),
+            };
+            hook(&bridge::host_veth(uid), Some(&pod));
         }
         Ok(ip)
     }
@@ -315,8 +330,21 @@ impl PodNetwork {
     pub async fn set_veth_hook(&self, hook: VethHook) -> Result<(), NetworkError> {
         // Set first: a veth wired meanwhile is then hooked twice, which is harmless.
         let _ = self.veth_hook.set(Arc::clone(&hook));
-        // Their pods' namespaces were learnt when they were wired (the map is pinned).
-        for name in self.wired().await? {
+        // Their pods' namespaces were learnt when they were wired (the map is pinned); their
+        // addresses are learnt again, for a datapath that lost them.
+        let mut wired = self.wired().await?;
+        for (ip, uid) in self.ipam.held() {
+            let name = bridge::host_veth(&uid);
+            if wired.remove(&name) {
+                let pod = WiredPod {
+                    ip,
+                    gateway: self.ipam.gateway(),
+                    netns: None,
+                };
+                hook(&name, Some(&pod));
+            }
+        }
+        for name in wired {
             hook(&name, None);
         }
         Ok(())

@@ -196,6 +196,18 @@ impl NodeConfig {
     }
 }
 
+/// One of this node's pods as traffic from other nodes is delivered to it (the value of
+/// `LOCAL_PODS`, keyed by the pod's address in network byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocalPod {
+    /// The host end of the pod's veth; the pod's own end is its peer.
+    pub ifindex: u32,
+    /// The frame's addresses as the bridge would deliver it: the pod's and its gateway's.
+    pub mac: [u8; 6],
+    pub gateway_mac: [u8; 6],
+}
+
 /// A backend a node socket's UDP datagrams were sent to: the socket (its cookie) and the
 /// backend's address and port. Replies from it are shown to the socket as the frontend's.
 #[repr(C)]
@@ -235,7 +247,9 @@ pub const STAT_SOCK_TRANSLATED: u32 = 5;
 pub const STAT_DROP_ERROR: u32 = 6;
 /// Stale reply entries dropped (a direct connection on a tuple a service connection used).
 pub const STAT_STALE: u32 = 7;
-pub const STAT_SLOTS: u32 = 8;
+/// Packets from other nodes delivered straight into a local pod's namespace.
+pub const STAT_INTO_POD: u32 = 8;
+pub const STAT_SLOTS: u32 = 9;
 
 #[cfg(feature = "user")]
 mod user {
@@ -264,4 +278,6 @@ mod user {
     unsafe impl aya::Pod for super::NodeConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::MaglevTable {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::LocalPod {}
 }

@@ -15,7 +15,7 @@
 //! TTL, redirect to the bridge or the overlay), so the service path costs no more than the
 //! direct one: the node's routing and netfilter are skipped as the bridge skips them. Plain pod
 //! traffic between nodes is routed so too: `skiff_from_pod` sends it to the overlay device and
-//! `skiff_from_overlay` (tc ingress of that device) on to the bridge.
+//! `skiff_from_overlay` (tc ingress of that device) straight into the receiving pod.
 //!
 //! Every direction of a connection is tracked on the node that translated it: a pod's packets
 //! cross its veth wherever the backend runs, and SNATed external traffic comes back to the node
@@ -32,18 +32,18 @@ use aya_ebpf::bindings::{
 };
 use aya_ebpf::helpers::{
     bpf_fib_lookup, bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie,
-    bpf_ktime_get_ns, bpf_redirect, bpf_redirect_neigh,
+    bpf_ktime_get_ns, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer,
 };
 use aya_ebpf::macros::{cgroup_sock_addr, classifier, map};
 use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray};
 use aya_ebpf::programs::{SockAddrContext, TcContext};
 use skiff_ebpf_common::{
     AffinityKey, AffinityValue, Backend, BackendKey, CT_BOUNCE, CT_FIB, CT_NAT_DST, CT_NAT_SRC,
-    CT_REPLY, CT_ROUTE, CtKey, CtValue, HAIRPIN_ADDR, MaglevTable, NodeConfig, PROTO_TCP,
+    CT_REPLY, CT_ROUTE, CtKey, CtValue, HAIRPIN_ADDR, LocalPod, MaglevTable, NodeConfig, PROTO_TCP,
     PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, STAT_DROP_ERROR, STAT_DROP_NO_BACKEND,
-    STAT_FIB_MISS, STAT_NO_ENDPOINTS, STAT_REPLIES, STAT_SLOTS, STAT_SOCK_TRANSLATED, STAT_STALE,
-    STAT_TRANSLATED, SVC_AFFINITY, SVC_MAGLEV, SVC_SNAT, ServiceKey, ServiceValue, SockKey,
-    SockValue, tuple_hash,
+    STAT_FIB_MISS, STAT_INTO_POD, STAT_NO_ENDPOINTS, STAT_REPLIES, STAT_SLOTS,
+    STAT_SOCK_TRANSLATED, STAT_STALE, STAT_TRANSLATED, SVC_AFFINITY, SVC_MAGLEV, SVC_SNAT,
+    ServiceKey, ServiceValue, SockKey, SockValue, tuple_hash,
 };
 
 /// Sizes are defaults; the agent sets them at load time.
@@ -66,6 +66,10 @@ static SOCK_NAT: LruHashMap<SockKey, SockValue> = LruHashMap::pinned(65_536, 0);
 /// lost to a crowd of newer pods only sends its pod back to the veth programs.
 #[map]
 static POD_NETNS: LruHashMap<u64, u32> = LruHashMap::pinned(16_384, 0);
+/// This node's pods by address, as the agent wires them: traffic from other nodes' pods is
+/// delivered into their namespaces directly.
+#[map]
+static LOCAL_PODS: HashMap<u32, LocalPod> = HashMap::pinned(16_384, 0);
 #[map]
 static CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
 #[map]
@@ -326,14 +330,8 @@ fn fib_forward(ctx: &TcContext, proto: u8, saddr: u32, daddr: u32, only: Option<
     if only.is_some_and(|i| i != fib.ifindex) {
         return TC_ACT_OK;
     }
-    match decrement_ttl(ctx) {
-        Ok(true) => {}
-        // Expiring: the stack drops it and answers with ICMP time exceeded.
-        Ok(false) => return TC_ACT_OK,
-        Err(_) => {
-            count(STAT_DROP_ERROR);
-            return TC_ACT_SHOT;
-        }
+    if let Some(verdict) = hop(ctx) {
+        return verdict;
     }
     if found {
         if ctx.store(0, &fib.dmac, 0).is_err() || ctx.store(6, &fib.smac, 0).is_err() {
@@ -347,7 +345,22 @@ fn fib_forward(ctx: &TcContext, proto: u8, saddr: u32, daddr: u32, only: Option<
     unsafe { bpf_redirect_neigh(fib.ifindex, core::ptr::null_mut(), 0, 0) as i32 }
 }
 
-/// Counts the hop as a router does; false when the TTL runs out here.
+/// Counts the hop as a router does. A verdict when the packet is not to be forwarded here:
+/// its TTL runs out (the stack drops it and answers with ICMP time exceeded), or it cannot be
+/// rewritten.
+#[inline(always)]
+fn hop(ctx: &TcContext) -> Option<i32> {
+    match decrement_ttl(ctx) {
+        Ok(true) => None,
+        Ok(false) => Some(TC_ACT_OK),
+        Err(_) => {
+            count(STAT_DROP_ERROR);
+            Some(TC_ACT_SHOT)
+        }
+    }
+}
+
+/// False when the TTL runs out here.
 #[inline(always)]
 fn decrement_ttl(ctx: &TcContext) -> Result<bool, i64> {
     // TTL and protocol, as they are in the packet.
@@ -602,10 +615,11 @@ fn to_overlay(ctx: &TcContext, p: &Packet) -> i32 {
 }
 
 /// Tc ingress of the overlay device: what another node's pods send to this node's pods goes
-/// straight to the bridge (the pod veth's egress program still sees it). Only pod-to-pod
-/// traffic: its replies take `to_overlay`, so neither direction meets this node's conntrack.
-/// Traffic from a node's address (a NodePort masqueraded by the node that took it) goes
-/// through the stack, whose conntrack must see it for the reply to keep its addresses.
+/// straight into the pod (or, for a pod the agent has not registered and for service
+/// connections, whose replies the pod veth's egress program translates, to the bridge). Only
+/// pod-to-pod traffic: its replies take `to_overlay`, so neither direction meets this node's
+/// conntrack. Traffic from a node's address (a NodePort masqueraded by the node that took it)
+/// goes through the stack, whose conntrack must see it for the reply to keep its addresses.
 #[classifier]
 pub fn skiff_from_overlay(ctx: TcContext) -> i32 {
     let Some(p) = parse(&ctx) else {
@@ -615,10 +629,33 @@ pub fn skiff_from_overlay(ctx: TcContext) -> i32 {
         Some(cfg)
             if cfg.overlay_ifindex != 0 && cfg.in_cluster(p.saddr) && cfg.is_local_pod(p.daddr) =>
         {
-            fib_forward(&ctx, p.proto, p.saddr, p.daddr, None)
+            into_pod(&ctx, &p).unwrap_or_else(|| fib_forward(&ctx, p.proto, p.saddr, p.daddr, None))
         }
         _ => TC_ACT_OK,
     }
+}
+
+/// Delivers a packet to a local pod as the bridge would, minus the bridge and the veth's
+/// queue: the pod's end of its veth receives it (bpf_redirect_peer), in the same softirq.
+/// None leaves it to the bridge: a pod not registered yet, or a tracked service connection.
+#[inline(always)]
+fn into_pod(ctx: &TcContext, p: &Packet) -> Option<i32> {
+    // SAFETY: copied out at once.
+    let pod = unsafe { LOCAL_PODS.get(p.daddr) }.copied()?;
+    // SAFETY: only tested for presence.
+    if unsafe { CT.get(p.key()) }.is_some() {
+        return None;
+    }
+    if let Some(verdict) = hop(ctx) {
+        return Some(verdict);
+    }
+    if ctx.store(0, &pod.mac, 0).is_err() || ctx.store(6, &pod.gateway_mac, 0).is_err() {
+        count(STAT_DROP_ERROR);
+        return Some(TC_ACT_SHOT);
+    }
+    count(STAT_INTO_POD);
+    // SAFETY: a plain helper call.
+    Some(unsafe { bpf_redirect_peer(pod.ifindex, 0) } as i32)
 }
 
 #[classifier]

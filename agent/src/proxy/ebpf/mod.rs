@@ -16,8 +16,8 @@ use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType};
 use skiff_ebpf_common::{
-    Backend, BackendKey, CT_NAT_DST, CT_REPLY, CtKey, CtValue, MAGLEV_M, MaglevTable, NodeConfig,
-    ServiceKey, ServiceValue,
+    Backend, BackendKey, CT_NAT_DST, CT_REPLY, CtKey, CtValue, LocalPod, MAGLEV_M, MaglevTable,
+    NodeConfig, ServiceKey, ServiceValue,
 };
 
 /// The datapath object; the agent builds on stable because it is committed.
@@ -108,6 +108,7 @@ pub struct Stats {
     pub sock_translated: u64,
     pub dropped_error: u64,
     pub stale: u64,
+    pub into_pod: u64,
 }
 
 pub struct Datapath {
@@ -184,6 +185,14 @@ fn classifier<'a>(
 }
 
 /// An interface name as a pin's name: bpffs refuses names with a dot (`skiff.vxlan`).
+/// The name of the interface at `index` in this thread's network namespace; None when there is
+/// none (for a free index the call may also answer with an empty name).
+fn interface_name(index: u32) -> Option<String> {
+    let name = nix::net::if_::if_indextoname(index).ok()?;
+    let name = name.to_string_lossy();
+    (!name.is_empty()).then(|| name.into_owned())
+}
+
 fn pin_escape(ifname: &str) -> String {
     ifname.replace('%', "%25").replace('.', "%2e")
 }
@@ -251,8 +260,18 @@ impl Datapath {
     }
 
     /// Unpins the links of interfaces that are gone (a deleted pod's veth): the kernel has
-    /// detached them already, only the pin is left.
-    pub fn forget_gone_links(&self) -> Result<usize, EbpfError> {
+    /// detached them already, only the pin is left. Pods whose veth is gone are forgotten too.
+    pub fn forget_gone_links(&mut self) -> Result<usize, EbpfError> {
+        let mut pods: BpfHashMap<&mut MapData, u32, LocalPod> = self.hash_map("LOCAL_PODS")?;
+        let gone: Vec<u32> = pods
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, pod)| interface_name(pod.ifindex).is_none())
+            .map(|(ip, _)| ip)
+            .collect();
+        for ip in gone {
+            let _ = pods.remove(&ip);
+        }
         let mut removed = 0;
         for entry in std::fs::read_dir(&self.links)? {
             let entry = entry?;
@@ -268,8 +287,7 @@ impl Datapath {
                 continue;
             };
             // Gone unless the interface at that index still has that name.
-            let now = nix::net::if_::if_indextoname(index).ok();
-            if now.is_none_or(|n| pin_escape(&n.to_string_lossy()) != ifname) {
+            if interface_name(index).is_none_or(|n| pin_escape(&n) != ifname) {
                 std::fs::remove_file(entry.path())?;
                 removed += 1;
             }
@@ -387,6 +405,27 @@ impl Datapath {
         let mut pods: BpfHashMap<&mut MapData, u64, u32> = self.hash_map("POD_NETNS")?;
         pods.insert(cookie, wire_addr(ip), 0)
             .map_err(|e| EbpfError::Map("POD_NETNS", e))
+    }
+
+    /// Lets the overlay's program deliver other nodes' traffic for `ip` straight into the pod
+    /// whose veth's host end is `ifname` (in this thread's network namespace), its frame
+    /// addressed as the bridge would (the pod's MAC, from its gateway's).
+    pub fn add_local_pod(
+        &mut self,
+        ifname: &str,
+        ip: Ipv4Addr,
+        gateway: Ipv4Addr,
+    ) -> Result<(), EbpfError> {
+        let ifindex = nix::net::if_::if_nametoindex(ifname)
+            .map_err(|e| EbpfError::Io(std::io::Error::from(e)))?;
+        let pod = LocalPod {
+            ifindex,
+            mac: crate::network::bridge::mac_of(ip),
+            gateway_mac: crate::network::bridge::mac_of(gateway),
+        };
+        let mut pods: BpfHashMap<&mut MapData, u32, LocalPod> = self.hash_map("LOCAL_PODS")?;
+        pods.insert(wire_addr(ip), pod, 0)
+            .map_err(|e| EbpfError::Map("LOCAL_PODS", e))
     }
 
     /// Tells the datapath about the node (its namespace's cookie, its masquerade address).
@@ -610,13 +649,16 @@ fn replace_incompatible_pins(pins: &Path, sizes: Sizes) -> Result<(), EbpfError>
         ("CONFIG", size_of::<u32>(), size_of::<NodeConfig>()),
         ("STATS", size_of::<u32>(), size_of::<u64>()),
         ("POD_NETNS", size_of::<u64>(), size_of::<u32>()),
+        ("LOCAL_PODS", size_of::<u32>(), size_of::<LocalPod>()),
         (
             "SOCK_NAT",
             size_of::<skiff_ebpf_common::SockKey>(),
             size_of::<skiff_ebpf_common::SockValue>(),
         ),
     ];
-    let sized = sizes.per_map();
+    // The counters' array grows with new counters; the other fixed maps keep their size.
+    let mut sized = sizes.per_map().to_vec();
+    sized.push(("STATS", skiff_ebpf_common::STAT_SLOTS));
     for (name, key, value) in maps {
         let entries = sized.iter().find(|(n, _)| *n == name).map(|(_, e)| *e);
         let path = pins.join(name);
@@ -699,6 +741,7 @@ fn stats_of(map: &aya::maps::Map) -> Result<Stats, EbpfError> {
         sock_translated: sum(skiff_ebpf_common::STAT_SOCK_TRANSLATED)?,
         dropped_error: sum(skiff_ebpf_common::STAT_DROP_ERROR)?,
         stale: sum(skiff_ebpf_common::STAT_STALE)?,
+        into_pod: sum(skiff_ebpf_common::STAT_INTO_POD)?,
     })
 }
 
@@ -718,25 +761,36 @@ pub fn start(
 
 /// The pod network's hook: attach the pod programs to each new veth.
 pub fn veth_hook(dp: proxier::Shared) -> crate::network::VethHook {
-    std::sync::Arc::new(move |ifname: &str, pod: Option<(u64, Ipv4Addr)>| {
-        let mut dp = dp.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Err(e) = dp.attach(ifname) {
-            tracing::error!(ifname, "attaching the service datapath: {e}");
-        }
-        if let Some((cookie, ip)) = pod
-            && let Err(e) = dp.add_pod(cookie, ip)
-        {
-            // Its connects then go through the veth programs, as UDP does.
-            tracing::warn!(
-                ifname,
-                "registering the pod's namespace with the datapath: {e}"
-            );
-        }
-        // Pods come and go together: tidying here keeps the pins in step without a timer.
-        if let Err(e) = dp.forget_gone_links() {
-            tracing::warn!("removing pins of deleted interfaces: {e}");
-        }
-    })
+    std::sync::Arc::new(
+        move |ifname: &str, pod: Option<&crate::network::WiredPod>| {
+            let mut dp = dp.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Err(e) = dp.attach(ifname) {
+                tracing::error!(ifname, "attaching the service datapath: {e}");
+            }
+            if let Some(pod) = pod {
+                if let Some(cookie) = pod.netns
+                    && let Err(e) = dp.add_pod(cookie, pod.ip)
+                {
+                    // Its connects then go through the veth programs, as UDP does.
+                    tracing::warn!(
+                        ifname,
+                        "registering the pod's namespace with the datapath: {e}"
+                    );
+                }
+                if let Err(e) = dp.add_local_pod(ifname, pod.ip, pod.gateway) {
+                    // Traffic from other nodes then reaches it through the bridge.
+                    tracing::warn!(
+                        ifname,
+                        "registering the pod with the overlay's program: {e}"
+                    );
+                }
+            }
+            // Pods come and go together: tidying here keeps the pins in step without a timer.
+            if let Err(e) = dp.forget_gone_links() {
+                tracing::warn!("removing pins of deleted interfaces: {e}");
+            }
+        },
+    )
 }
 
 /// The pod network's hook for its overlay device, run whenever the device is (re)created.
