@@ -216,10 +216,19 @@ impl ClusterConfig {
     }
 }
 
-/// Called with the host-side name of every pod veth once it is wired, and what is known of its
-/// pod (the eBPF datapath attaches to the veth there and learns the pod, before the pod's
-/// containers start).
-pub type VethHook = Arc<dyn Fn(&str, Option<&WiredPod>) + Send + Sync>;
+/// Called with the host-side name of every pod veth once it is wired and once it is gone (the
+/// eBPF datapath attaches to the veth there and learns the pod, before the pod's containers
+/// start, and forgets it with its veth).
+pub type VethHook = Arc<dyn Fn(&str, VethEvent<'_>) + Send + Sync>;
+
+/// What became of a pod's veth.
+#[derive(Clone, Copy, Debug)]
+pub enum VethEvent<'a> {
+    /// Wired, or found wired at start, with what is known of its pod.
+    Wired(Option<&'a WiredPod>),
+    /// Removed with its pod.
+    Gone,
+}
 
 /// A wired pod as the veth hook learns it.
 #[derive(Clone, Copy, Debug)]
@@ -321,7 +330,7 @@ impl PodNetwork {
                 gateway: self.ipam.gateway(),
                 netns: Some(netns),
             };
-            hook(&bridge::host_veth(uid), Some(&pod));
+            hook(&bridge::host_veth(uid), VethEvent::Wired(Some(&pod)));
         }
         Ok(ip)
     }
@@ -341,11 +350,11 @@ impl PodNetwork {
                     gateway: self.ipam.gateway(),
                     netns: None,
                 };
-                hook(&name, Some(&pod));
+                hook(&name, VethEvent::Wired(Some(&pod)));
             }
         }
         for name in wired {
-            hook(&name, None);
+            hook(&name, VethEvent::Wired(None));
         }
         Ok(())
     }
@@ -398,6 +407,8 @@ impl PodNetwork {
     pub async fn detach(&self, uid: &str) {
         if let Err(e) = bridge::unwire(&self.handle, uid).await {
             tracing::warn!(uid, "removing the pod's veth: {e}");
+        } else if let Some(hook) = self.veth_hook.get() {
+            hook(&bridge::host_veth(uid), VethEvent::Gone);
         }
         self.ipam.release(uid);
         let _ = std::fs::remove_dir_all(self.pods_dir.join(uid));

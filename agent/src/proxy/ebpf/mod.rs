@@ -759,38 +759,39 @@ pub fn start(
     Ok(dp)
 }
 
-/// The pod network's hook: attach the pod programs to each new veth.
+/// The pod network's hook: attach the pod programs to each new veth, and learn its pod.
 pub fn veth_hook(dp: proxier::Shared) -> crate::network::VethHook {
-    std::sync::Arc::new(
-        move |ifname: &str, pod: Option<&crate::network::WiredPod>| {
-            let mut dp = dp.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Err(e) = dp.attach(ifname) {
-                tracing::error!(ifname, "attaching the service datapath: {e}");
+    use crate::network::VethEvent;
+    std::sync::Arc::new(move |ifname: &str, event: VethEvent<'_>| {
+        let mut dp = dp.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let VethEvent::Wired(_) = event
+            && let Err(e) = dp.attach(ifname)
+        {
+            tracing::error!(ifname, "attaching the service datapath: {e}");
+        }
+        if let VethEvent::Wired(Some(pod)) = event {
+            if let Some(cookie) = pod.netns
+                && let Err(e) = dp.add_pod(cookie, pod.ip)
+            {
+                // Its connects then go through the veth programs, as UDP does.
+                tracing::warn!(
+                    ifname,
+                    "registering the pod's namespace with the datapath: {e}"
+                );
             }
-            if let Some(pod) = pod {
-                if let Some(cookie) = pod.netns
-                    && let Err(e) = dp.add_pod(cookie, pod.ip)
-                {
-                    // Its connects then go through the veth programs, as UDP does.
-                    tracing::warn!(
-                        ifname,
-                        "registering the pod's namespace with the datapath: {e}"
-                    );
-                }
-                if let Err(e) = dp.add_local_pod(ifname, pod.ip, pod.gateway) {
-                    // Traffic from other nodes then reaches it through the bridge.
-                    tracing::warn!(
-                        ifname,
-                        "registering the pod with the overlay's program: {e}"
-                    );
-                }
+            if let Err(e) = dp.add_local_pod(ifname, pod.ip, pod.gateway) {
+                // Traffic from other nodes then reaches it through the bridge.
+                tracing::warn!(
+                    ifname,
+                    "registering the pod with the overlay's program: {e}"
+                );
             }
-            // Pods come and go together: tidying here keeps the pins in step without a timer.
-            if let Err(e) = dp.forget_gone_links() {
-                tracing::warn!("removing pins of deleted interfaces: {e}");
-            }
-        },
-    )
+        }
+        // Tidying as veths come and go keeps the pins and pods in step without a timer.
+        if let Err(e) = dp.forget_gone_links() {
+            tracing::warn!("removing pins of deleted interfaces: {e}");
+        }
+    })
 }
 
 /// The pod network's hook for its overlay device, run whenever the device is (re)created.
