@@ -628,6 +628,23 @@ fn iperf3_client(mut cmd: Command) -> Result<f64> {
         .context("iperf3 report without end.sum_received")
 }
 
+/// CPU time the whole machine has spent busy since boot (user, system, interrupts; not idle,
+/// I/O wait or steal), in seconds, from /proc/stat's ticks of 1/100 s (USER_HZ).
+fn cpu_busy_seconds() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .context("empty /proc/stat")?
+        .split_whitespace()
+        .skip(1)
+        .map(|t| t.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq
+    let busy: u64 = [0, 1, 2, 5, 6].iter().filter_map(|&i| ticks.get(i)).sum();
+    Ok(busy as f64 / 100.0)
+}
+
 /// One single-stream TCP run: a one-shot server started by `server`, a client by `client`.
 pub(crate) fn iperf3_pair(mut server: Command, client: Command) -> Result<f64> {
     let mut srv = server
@@ -843,38 +860,48 @@ fn overlay(startup_pods: usize, seconds: u64) -> Result<()> {
         cmd.args(["-c", target, "-p", "5201", "-t", &secs, "-J"]);
         cmd
     };
-    // Interleaved rounds, so that the machine's noise hits every path alike.
+    // Interleaved rounds, so that the machine's noise hits every path alike. Each run also
+    // records the machine's CPU time per GB carried: with every CPU busy on every path,
+    // throughput is what that cost allows, and the cost is steadier than the throughput.
+    let node1_ip = c.node_ip(1).to_string();
+    // Each path: its name, the server's and client's pod containers (none: nodes 1 and 2
+    // themselves), the server's address.
+    let paths = [
+        ("underlay", None, &node1_ip),
+        ("same_node", Some((&srv, &same)), &server_ip),
+        ("cross_node", Some((&srv, &other)), &server_ip),
+        (
+            "cross_node_ebpf",
+            Some((&srv_ebpf, &other_ebpf)),
+            &server_ebpf_ip,
+        ),
+    ];
     let mut runs: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
+    let mut costs: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
     for round in 0..OVERLAY_ROUNDS {
         eprintln!("bench overlay: round {}", round + 1);
-        let underlay = iperf3_pair(
-            c.in_node(1, "iperf3"),
-            client(c.in_node(2, "iperf3"), &c.node_ip(1).to_string()),
-        )?;
-        let same_node = iperf3_pair(
-            in_netns_of(&srv, "iperf3"),
-            client(in_netns_of(&same, "iperf3"), &server_ip),
-        )?;
-        let cross = iperf3_pair(
-            in_netns_of(&srv, "iperf3"),
-            client(in_netns_of(&other, "iperf3"), &server_ip),
-        )?;
-        let cross_ebpf = iperf3_pair(
-            in_netns_of(&srv_ebpf, "iperf3"),
-            client(in_netns_of(&other_ebpf, "iperf3"), &server_ebpf_ip),
-        )?;
-        runs.entry("underlay").or_default().push(underlay / 1e9);
-        runs.entry("same_node").or_default().push(same_node / 1e9);
-        runs.entry("cross_node").or_default().push(cross / 1e9);
-        runs.entry("cross_node_ebpf")
-            .or_default()
-            .push(cross_ebpf / 1e9);
+        for (path, pods, target) in paths {
+            let (server, client_cmd) = match pods {
+                None => (c.in_node(1, "iperf3"), c.in_node(2, "iperf3")),
+                Some((server, client)) => {
+                    (in_netns_of(server, "iperf3"), in_netns_of(client, "iperf3"))
+                }
+            };
+            let before = cpu_busy_seconds()?;
+            let bps = iperf3_pair(server, client(client_cmd, target))?;
+            let cpu = cpu_busy_seconds()? - before;
+            runs.entry(path).or_default().push(bps / 1e9);
+            let gb = bps / 8.0 * seconds as f64 / 1e9;
+            costs.entry(path).or_default().push(cpu / gb);
+        }
     }
     let median = |v: &[f64]| {
         let mut s = v.to_vec();
         s.sort_by(f64::total_cmp);
         percentile(&s, 0.5)
     };
+    let cost: std::collections::BTreeMap<&str, f64> =
+        costs.iter().map(|(k, v)| (*k, median(v))).collect();
     let (u, s, x, xe) = (
         median(&runs["underlay"]),
         median(&runs["same_node"]),
@@ -911,6 +938,7 @@ fn overlay(startup_pods: usize, seconds: u64) -> Result<()> {
         "gbit_per_s": {"underlay": runs["underlay"], "same_node": runs["same_node"],
                        "cross_node": runs["cross_node"], "cross_node_ebpf": runs["cross_node_ebpf"]},
         "median_gbit_per_s": {"underlay": u, "same_node": s, "cross_node": x, "cross_node_ebpf": xe},
+        "cpu_seconds_per_gb": costs, "median_cpu_seconds_per_gb": cost,
         "cross_node_vs_underlay": x / u,
         "cross_node_ebpf_vs_underlay": xe / u,
         "same_node_vs_underlay": s / u,
@@ -935,17 +963,27 @@ fn overlay(startup_pods: usize, seconds: u64) -> Result<()> {
         dir.join("overlay.svg"),
         svg_bars("skiff pod network (iperf3, one TCP stream)", &bars),
     )?;
-    println!("| path | Gbit/s (median of {OVERLAY_ROUNDS}) | vs underlay |");
-    println!("|---|---|---|");
-    println!("| node to node (underlay) | {u:.2} | 1.00 |");
-    println!("| pod to pod, same node | {s:.2} | {:.2} |", s / u);
+    println!("| path | Gbit/s (median of {OVERLAY_ROUNDS}) | vs underlay | CPU-seconds per GB |");
+    println!("|---|---|---|---|");
+    let c_of = |k: &str| cost.get(k).copied().unwrap_or(f64::NAN);
     println!(
-        "| pod to pod, across nodes (VXLAN), iptables mode | {x:.2} | {:.2} (target >= 0.90) |",
-        x / u
+        "| node to node (underlay) | {u:.2} | 1.00 | {:.2} |",
+        c_of("underlay")
     );
     println!(
-        "| pod to pod, across nodes (VXLAN), eBPF host routing | {xe:.2} | {:.2} (target >= 0.90) |",
-        xe / u
+        "| pod to pod, same node | {s:.2} | {:.2} | {:.2} |",
+        s / u,
+        c_of("same_node")
+    );
+    println!(
+        "| pod to pod, across nodes (VXLAN), iptables mode | {x:.2} | {:.2} (target >= 0.90) | {:.2} |",
+        x / u,
+        c_of("cross_node")
+    );
+    println!(
+        "| pod to pod, across nodes (VXLAN), eBPF host routing | {xe:.2} | {:.2} (target >= 0.90) | {:.2} |",
+        xe / u,
+        c_of("cross_node_ebpf")
     );
     println!(
         "| pod startup, {startup_pods} pods at {STARTUP_RATE}/s on one node | p50 {p50:.2} s / p99 {p99:.2} s | target p99 < 2 s |"
