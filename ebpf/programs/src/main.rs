@@ -615,11 +615,10 @@ fn to_overlay(ctx: &TcContext, p: &Packet) -> i32 {
 }
 
 /// Tc ingress of the overlay device: what another node's pods send to this node's pods goes
-/// straight into the pod (or, for a pod the agent has not registered and for service
-/// connections, whose replies the pod veth's egress program translates, to the bridge). Only
-/// pod-to-pod traffic: its replies take `to_overlay`, so neither direction meets this node's
-/// conntrack. Traffic from a node's address (a NodePort masqueraded by the node that took it)
-/// goes through the stack, whose conntrack must see it for the reply to keep its addresses.
+/// straight into the receiving pod (`into_pod`), or else to the bridge. Only pod-to-pod
+/// traffic: its replies take `to_overlay`, so neither direction meets this node's conntrack.
+/// Traffic from a node's address (a NodePort masqueraded by the node that took it) goes
+/// through the stack, whose conntrack must see it for the reply to keep its addresses.
 #[classifier]
 pub fn skiff_from_overlay(ctx: TcContext) -> i32 {
     let Some(p) = parse(&ctx) else {

@@ -184,7 +184,6 @@ fn classifier<'a>(
     program(bpf, name)
 }
 
-/// An interface name as a pin's name: bpffs refuses names with a dot (`skiff.vxlan`).
 /// The name of the interface at `index` in this thread's network namespace; None when there is
 /// none (for a free index the call may also answer with an empty name).
 fn interface_name(index: u32) -> Option<String> {
@@ -193,6 +192,7 @@ fn interface_name(index: u32) -> Option<String> {
     (!name.is_empty()).then(|| name.into_owned())
 }
 
+/// An interface name as a pin's name: bpffs refuses names with a dot (`skiff.vxlan`).
 fn pin_escape(ifname: &str) -> String {
     ifname.replace('%', "%25").replace('.', "%2e")
 }
