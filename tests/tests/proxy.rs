@@ -214,14 +214,19 @@ impl Suite {
     }
 }
 
-/// One of a node agent's metrics, from its /metrics endpoint.
-fn metric(c: &Cluster, node: usize, name: &str) -> f64 {
-    let metrics = output({
+/// A node agent's /metrics page.
+fn metrics(c: &Cluster, node: usize) -> String {
+    output({
         let mut cmd = c.in_node(node, "busybox");
         cmd.args(["wget", "-qO-", "http://127.0.0.1:10249/metrics"]);
         cmd
     })
-    .unwrap();
+    .unwrap()
+}
+
+/// One of a node agent's metrics.
+fn metric(c: &Cluster, node: usize, name: &str) -> f64 {
+    let metrics = metrics(c, node);
     metrics
         .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
@@ -518,12 +523,7 @@ fn conformance(mode: &str, agent_flags: &[&str]) {
                 "eBPF mode left {chain} rules:\n{rules}"
             );
         }
-        let metrics = output({
-            let mut cmd = s.c.in_node(1, "busybox");
-            cmd.args(["wget", "-qO-", "http://127.0.0.1:10249/metrics"]);
-            cmd
-        })
-        .unwrap();
+        let metrics = metrics(&s.c, 1);
         assert!(
             metrics.contains("skiff_ebpf_translated_packets_total"),
             "{metrics}"

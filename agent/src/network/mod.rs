@@ -325,14 +325,18 @@ impl PodNetwork {
         };
         let netns = bridge::wire(&self.handle, self.bridge, &link).await?;
         if let Some(hook) = self.veth_hook.get() {
-            let pod = WiredPod {
-                ip,
-                gateway: self.ipam.gateway(),
-                netns: Some(netns),
-            };
+            let pod = self.wired_pod(ip, Some(netns));
             hook(&bridge::host_veth(uid), VethEvent::Wired(Some(&pod)));
         }
         Ok(ip)
+    }
+
+    fn wired_pod(&self, ip: Ipv4Addr, netns: Option<u64>) -> WiredPod {
+        WiredPod {
+            ip,
+            gateway: self.ipam.gateway(),
+            netns,
+        }
     }
 
     /// Sets the hook for veths wired from now on, and runs it for those wired already.
@@ -345,12 +349,7 @@ impl PodNetwork {
         for (ip, uid) in self.ipam.held() {
             let name = bridge::host_veth(&uid);
             if wired.remove(&name) {
-                let pod = WiredPod {
-                    ip,
-                    gateway: self.ipam.gateway(),
-                    netns: None,
-                };
-                hook(&name, VethEvent::Wired(Some(&pod)));
+                hook(&name, VethEvent::Wired(Some(&self.wired_pod(ip, None))));
             }
         }
         for name in wired {

@@ -129,29 +129,28 @@ impl Overlay {
             Ok(None) | Err(rtnetlink::Error::NetlinkError(_)) => {}
             Err(e) => return Err(e.into()),
         }
-        if let Some(link) = existing {
-            let index = link.header.index;
-            if self.matches(&link.attributes) {
-                self.ensure_address(index).await?;
-                spread_receive();
-                return Ok(index);
+        let index = match existing {
+            Some(link) if self.matches(&link.attributes) => link.header.index,
+            other => {
+                if let Some(link) = other {
+                    tracing::info!("{DEVICE} has other settings than ours; recreating it");
+                    h.link().del(link.header.index).execute().await?;
+                }
+                let msg = LinkVxlan::new(DEVICE, VNI)
+                    .port(PORT)
+                    .local(self.uplink.address)
+                    .dev(self.uplink.index)
+                    .learning(false)
+                    .mtu(self.mtu())
+                    .address(self.mac.to_vec())
+                    .up()
+                    .build();
+                h.link().add(msg).execute().await?;
+                link_index(h, DEVICE)
+                    .await?
+                    .ok_or_else(|| NetworkError::NoSuchLink(DEVICE.into()))?
             }
-            tracing::info!("{DEVICE} has other settings than ours; recreating it");
-            h.link().del(index).execute().await?;
-        }
-        let msg = LinkVxlan::new(DEVICE, VNI)
-            .port(PORT)
-            .local(self.uplink.address)
-            .dev(self.uplink.index)
-            .learning(false)
-            .mtu(self.mtu())
-            .address(self.mac.to_vec())
-            .up()
-            .build();
-        h.link().add(msg).execute().await?;
-        let index = link_index(h, DEVICE)
-            .await?
-            .ok_or_else(|| NetworkError::NoSuchLink(DEVICE.into()))?;
+        };
         self.ensure_address(index).await?;
         spread_receive();
         Ok(index)

@@ -74,14 +74,16 @@ pub struct Sizes {
 }
 
 impl Sizes {
-    /// The maps these sizes are for, by name.
-    fn per_map(self) -> [(&'static str, u32); 5] {
+    /// The entries of the maps these sizes are for, by name, and of the counters' array,
+    /// which grows with new counters.
+    fn per_map(self) -> [(&'static str, u32); 6] {
         [
             ("SERVICES", self.services),
             ("BACKENDS", self.backends),
             ("CT", self.conntrack),
             ("AFFINITY", self.affinity),
             ("MAGLEV", self.services),
+            ("STATS", skiff_ebpf_common::STAT_SLOTS),
         ]
     }
 }
@@ -656,9 +658,7 @@ fn replace_incompatible_pins(pins: &Path, sizes: Sizes) -> Result<(), EbpfError>
             size_of::<skiff_ebpf_common::SockValue>(),
         ),
     ];
-    // The counters' array grows with new counters; the other fixed maps keep their size.
-    let mut sized = sizes.per_map().to_vec();
-    sized.push(("STATS", skiff_ebpf_common::STAT_SLOTS));
+    let sized = sizes.per_map();
     for (name, key, value) in maps {
         let entries = sized.iter().find(|(n, _)| *n == name).map(|(_, e)| *e);
         let path = pins.join(name);
@@ -764,27 +764,12 @@ pub fn veth_hook(dp: proxier::Shared) -> crate::network::VethHook {
     use crate::network::VethEvent;
     std::sync::Arc::new(move |ifname: &str, event: VethEvent<'_>| {
         let mut dp = dp.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let VethEvent::Wired(_) = event
-            && let Err(e) = dp.attach(ifname)
-        {
-            tracing::error!(ifname, "attaching the service datapath: {e}");
-        }
-        if let VethEvent::Wired(Some(pod)) = event {
-            if let Some(cookie) = pod.netns
-                && let Err(e) = dp.add_pod(cookie, pod.ip)
-            {
-                // Its connects then go through the veth programs, as UDP does.
-                tracing::warn!(
-                    ifname,
-                    "registering the pod's namespace with the datapath: {e}"
-                );
+        if let VethEvent::Wired(pod) = event {
+            if let Err(e) = dp.attach(ifname) {
+                tracing::error!(ifname, "attaching the service datapath: {e}");
             }
-            if let Err(e) = dp.add_local_pod(ifname, pod.ip, pod.gateway) {
-                // Traffic from other nodes then reaches it through the bridge.
-                tracing::warn!(
-                    ifname,
-                    "registering the pod with the overlay's program: {e}"
-                );
+            if let Some(pod) = pod {
+                register(&mut dp, ifname, pod);
             }
         }
         // Tidying as veths come and go keeps the pins and pods in step without a timer.
@@ -792,6 +777,27 @@ pub fn veth_hook(dp: proxier::Shared) -> crate::network::VethHook {
             tracing::warn!("removing pins of deleted interfaces: {e}");
         }
     })
+}
+
+/// Tells the datapath about a wired pod: its namespace (when known) for the socket programs,
+/// its veth for the overlay's program.
+fn register(dp: &mut Datapath, ifname: &str, pod: &crate::network::WiredPod) {
+    if let Some(cookie) = pod.netns
+        && let Err(e) = dp.add_pod(cookie, pod.ip)
+    {
+        // Its connects then go through the veth programs, as UDP does.
+        tracing::warn!(
+            ifname,
+            "registering the pod's namespace with the datapath: {e}"
+        );
+    }
+    if let Err(e) = dp.add_local_pod(ifname, pod.ip, pod.gateway) {
+        // Traffic from other nodes then reaches it through the bridge.
+        tracing::warn!(
+            ifname,
+            "registering the pod with the overlay's program: {e}"
+        );
+    }
 }
 
 /// The pod network's hook for its overlay device, run whenever the device is (re)created.
