@@ -108,6 +108,49 @@ fn collides(k: u8) -> bool {
         })
 }
 
+/// The kernel's receive flow table, global and shown only in the host's namespace.
+const FLOW_TABLE: &str = "/proc/sys/net/core/rps_sock_flow_entries";
+
+/// The size an agent gives the table on its own host (`bridge::FLOW_TABLE_ENTRIES`).
+const FLOW_TABLE_ENTRIES: u64 = 32768;
+
+/// Where the flow table's size before the first local cluster is kept, for the last one's down.
+fn flow_table_before() -> PathBuf {
+    Path::new(CLAIMS).join("flow-table-before")
+}
+
+/// Sizes the host's receive flow table as an agent on a host of its own would (agents of a
+/// local cluster run in node namespaces, which do not show it); restored by the last `down`.
+fn size_flow_table() -> Result<()> {
+    let now: u64 = std::fs::read_to_string(FLOW_TABLE)
+        .with_context(|| format!("reading {FLOW_TABLE}"))?
+        .trim()
+        .parse()
+        .with_context(|| format!("parsing {FLOW_TABLE}"))?;
+    if now < FLOW_TABLE_ENTRIES {
+        let before = flow_table_before();
+        if !before.exists() {
+            std::fs::write(&before, now.to_string())?;
+        }
+        std::fs::write(FLOW_TABLE, FLOW_TABLE_ENTRIES.to_string())
+            .with_context(|| format!("writing {FLOW_TABLE}"))?;
+    }
+    Ok(())
+}
+
+/// Puts the flow table back as it was when no local cluster is left.
+fn restore_flow_table() {
+    let others = std::fs::read_dir(CLAIMS).is_ok_and(|d| {
+        d.flatten()
+            .any(|e| e.file_name().to_string_lossy().parse::<u8>().is_ok())
+    });
+    let before = flow_table_before();
+    if !others && let Ok(v) = std::fs::read_to_string(&before) {
+        let _ = std::fs::write(FLOW_TABLE, v.trim());
+        let _ = std::fs::remove_file(before);
+    }
+}
+
 fn claim_underlay(name: &str) -> Result<u8> {
     std::fs::create_dir_all(CLAIMS)?;
     for k in 0..=255u8 {
@@ -199,6 +242,7 @@ impl Cluster {
         // From here on, Drop cleans up whatever a failure leaves behind.
         cluster.wire()?;
         cluster.start_controlplane()?;
+        size_flow_table()?;
         for i in 1..=cluster.spec.nodes {
             cluster.start_agent(i)?;
         }
@@ -732,6 +776,7 @@ pub fn down(state_dir: &Path) -> Result<()> {
             let _ = std::fs::remove_dir_all(claim);
         }
     }
+    restore_flow_table();
     std::fs::remove_dir_all(state_dir)
         .with_context(|| format!("removing {}", state_dir.display()))?;
     Ok(())

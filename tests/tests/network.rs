@@ -71,22 +71,38 @@ fn pods_reach_each_other_across_nodes_keep_their_ips_and_survive_node_loss() {
         assert_eq!(mac.trim(), want, "{}", p.name);
     }
 
-    // Decapsulated packets are spread over the CPUs (one receive queue would keep them all on
-    // the CPU that took the outer packet).
+    // What each pod sends is steered to its consuming socket's CPU (receive flow steering on
+    // the veth's host end; left alone, a TCP flow runs on two CPUs at once and arrives
+    // reordered). The host's flow table is sized while the cluster runs.
     if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
+        let table = std::fs::read_to_string("/proc/sys/net/core/rps_sock_flow_entries").unwrap();
+        assert!(
+            table.trim().parse::<u64>().unwrap() >= 32768,
+            "flow table {table}"
+        );
         for n in [1, 2] {
             let out = c
-                .in_node(n, "cat")
-                .arg("/sys/class/net/skiff.vxlan/queues/rx-0/rps_cpus")
+                .in_node(n, "sh")
+                .args(["-c", "grep -H . /sys/class/net/veth*/queues/rx-0/rps_*"])
                 .output()
                 .unwrap();
-            let mask = String::from_utf8_lossy(&out.stdout).into_owned();
-            let cpus: u32 = mask
-                .chars()
-                .filter_map(|h| h.to_digit(16))
-                .map(u32::count_ones)
-                .sum();
-            assert!(cpus > 1, "node{n}: rps_cpus {mask}");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let mut veths = 0;
+            for line in text.lines() {
+                let (file, value) = line.rsplit_once(':').unwrap();
+                if file.ends_with("rps_cpus") {
+                    veths += 1;
+                    let cpus: u32 = value
+                        .chars()
+                        .filter_map(|h| h.to_digit(16))
+                        .map(u32::count_ones)
+                        .sum();
+                    assert!(cpus > 1, "node{n}: {line}");
+                } else if file.ends_with("rps_flow_cnt") {
+                    assert_eq!(value, "4096", "node{n}: {line}");
+                }
+            }
+            assert!(veths > 0, "node{n}: no pod veth steered: {text}");
         }
     }
 

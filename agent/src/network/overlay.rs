@@ -152,7 +152,6 @@ impl Overlay {
             }
         };
         self.ensure_address(index).await?;
-        spread_receive();
         Ok(index)
     }
 
@@ -426,48 +425,12 @@ fn fdb_msg(index: u32, mac: &[u8; 6], ip: Ipv4Addr) -> NeighbourMessage {
     entry_msg(AddressFamily::Bridge, index, ip, mac)
 }
 
-/// Steers the device's decapsulated packets over every CPU (RPS). The device has one receive
-/// queue, so otherwise the CPU that took the outer packet also carries each inner one to its
-/// pod; with two cores, cross-node pod throughput went from a median 0.74 to 0.89 of the
-/// underlay's (docs/benchmarks.md). Best effort: without it packets still flow.
-fn spread_receive() {
-    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    if cpus < 2 {
-        return;
-    }
-    let path = format!("/sys/class/net/{DEVICE}/queues/rx-0/rps_cpus");
-    if let Err(e) = std::fs::write(&path, cpu_mask(cpus)) {
-        tracing::debug!("cannot spread {DEVICE}'s receive work ({path}): {e}");
-    }
-}
-
-/// The sysfs mask of CPUs 0..n: hex in 32-bit groups, most significant first.
-fn cpu_mask(n: usize) -> String {
-    let mut groups = Vec::new();
-    let mut left = n;
-    while left > 0 {
-        let bits = left.min(32);
-        groups.push(u32::MAX >> (32 - bits));
-        left -= bits;
-    }
-    let hex: Vec<String> = groups.iter().rev().map(|g| format!("{g:x}")).collect();
-    hex.join(",")
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use k8s_openapi::api::core::v1::{Node, NodeSpec};
     use kube::api::ObjectMeta;
-
-    #[test]
-    fn cpu_masks_are_sysfs_bitmaps() {
-        assert_eq!(cpu_mask(2), "3");
-        assert_eq!(cpu_mask(32), "ffffffff");
-        assert_eq!(cpu_mask(40), "ff,ffffffff");
-        assert_eq!(cpu_mask(64), "ffffffff,ffffffff");
-    }
 
     fn node(name: &str, cidr: Option<&str>, mac: Option<&str>, ip: &str) -> Node {
         let mut ann = std::collections::BTreeMap::new();
