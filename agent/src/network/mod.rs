@@ -601,8 +601,8 @@ pub async fn start(
         cluster: cluster.clone(),
         pods_dir: data_dir.join("pods"),
     });
-    // Veths of pods that outlived an agent (or an older one) get this agent's steering too.
     bridge::size_flow_table();
+    // Veths of pods that outlived an agent (or an older one) get this agent's steering too.
     match net.wired().await {
         Ok(wired) => wired.iter().for_each(|n| bridge::spread_receive(n)),
         Err(e) => tracing::warn!("listing pod interfaces to steer their receive work: {e}"),
