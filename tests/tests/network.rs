@@ -105,6 +105,16 @@ fn pods_reach_each_other_across_nodes_keep_their_ips_and_survive_node_loss() {
             assert!(veths > 0, "node{n}: no pod veth steered: {text}");
         }
     }
+    // The overlay device queues nothing for GRO of its own: what it receives is aggregated
+    // already, and a second queue beside the CPU's backlog reorders flows.
+    for n in [1, 2] {
+        let out =
+            skiff_e2e::cluster::run(c.in_node(n, "ethtool").args(["-k", "skiff.vxlan"])).unwrap();
+        assert!(
+            out.contains("generic-receive-offload: off"),
+            "node{n}: GRO on skiff.vxlan: {out}"
+        );
+    }
 
     // Every pod reaches every other pod, same node and across nodes, over TCP and UDP, and the
     // receiver sees the sender's own pod IP.

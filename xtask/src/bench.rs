@@ -875,6 +875,7 @@ fn overlay(startup_pods: usize, seconds: u64) -> Result<()> {
     // themselves), the server's address.
     let paths = [
         ("underlay", None, &node1_ip),
+        ("underlay_unsteered", None, &node1_ip),
         ("same_node", Some((&srv, &same)), &server_ip),
         ("cross_node", Some((&srv, &other)), &server_ip),
         (
@@ -894,9 +895,19 @@ fn overlay(startup_pods: usize, seconds: u64) -> Result<()> {
                     (in_netns_of(server, "iperf3"), in_netns_of(client, "iperf3"))
                 }
             };
+            // The underlay as a bare veth bridge, for reference: it reorders a flow whose
+            // sender sends from two CPUs, which a NIC does not (`Cluster::steer_underlay`).
+            let unsteered = path == "underlay_unsteered";
+            if unsteered {
+                c.steer_underlay(false)?;
+            }
             let before = cpu_busy_seconds()?;
-            let bps = iperf3_pair(server, client(client_cmd, target))?;
+            let bps = iperf3_pair(server, client(client_cmd, target));
             let cpu = cpu_busy_seconds()? - before;
+            if unsteered {
+                c.steer_underlay(true)?;
+            }
+            let bps = bps?;
             runs.entry(path).or_default().push(bps / 1e9);
             let gb = bps / 8.0 * seconds as f64 / 1e9;
             costs.entry(path).or_default().push(cpu / gb);
@@ -909,8 +920,9 @@ fn overlay(startup_pods: usize, seconds: u64) -> Result<()> {
     };
     let cost: std::collections::BTreeMap<&str, f64> =
         costs.iter().map(|(k, v)| (*k, median(v))).collect();
-    let (u, s, x, xe) = (
+    let (u, uu, s, x, xe) = (
         median(&runs["underlay"]),
+        median(&runs["underlay_unsteered"]),
         median(&runs["same_node"]),
         median(&runs["cross_node"]),
         median(&runs["cross_node_ebpf"]),
@@ -942,13 +954,14 @@ fn overlay(startup_pods: usize, seconds: u64) -> Result<()> {
 
     let result = json!({
         "iperf3_seconds_per_run": seconds, "rounds": OVERLAY_ROUNDS, "congestion_control": CONGESTION,
-        "gbit_per_s": {"underlay": runs["underlay"], "same_node": runs["same_node"],
-                       "cross_node": runs["cross_node"], "cross_node_ebpf": runs["cross_node_ebpf"]},
-        "median_gbit_per_s": {"underlay": u, "same_node": s, "cross_node": x, "cross_node_ebpf": xe},
+        "gbit_per_s": runs,
+        "median_gbit_per_s": {"underlay": u, "underlay_unsteered": uu, "same_node": s, "cross_node": x, "cross_node_ebpf": xe},
         "cpu_seconds_per_gb": costs, "median_cpu_seconds_per_gb": cost,
         "cross_node_vs_underlay": x / u,
         "cross_node_ebpf_vs_underlay": xe / u,
         "same_node_vs_underlay": s / u,
+        "cross_node_vs_underlay_unsteered": x / uu,
+        "cross_node_ebpf_vs_underlay_unsteered": xe / uu,
         "startup_paced": {"pods": startup_pods, "pods_per_s": STARTUP_RATE, "p50_s": p50, "p99_s": p99, "samples_s": paced},
         "startup_burst": {"pods": startup_pods, "p50_s": b50, "p99_s": b99, "samples_s": burst},
     });
@@ -959,6 +972,7 @@ fn overlay(startup_pods: usize, seconds: u64) -> Result<()> {
     )?;
     let bars = [
         ("underlay Gbit/s", u, 0.0),
+        ("underlay unsteered Gbit/s", uu, 0.0),
         ("same node Gbit/s", s, 0.0),
         ("cross node Gbit/s", x, 0.90 * u),
         ("cross node, eBPF Gbit/s", xe, 0.90 * u),
@@ -976,6 +990,11 @@ fn overlay(startup_pods: usize, seconds: u64) -> Result<()> {
     println!(
         "| node to node (underlay) | {u:.2} | 1.00 | {:.2} |",
         c_of("underlay")
+    );
+    println!(
+        "| node to node, underlay unsteered (reference) | {uu:.2} | {:.2} | {:.2} |",
+        uu / u,
+        c_of("underlay_unsteered")
     );
     println!(
         "| pod to pod, same node | {s:.2} | {:.2} | {:.2} |",

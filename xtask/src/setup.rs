@@ -28,6 +28,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("libpolly-22-dev", "/usr/lib/llvm-22/lib/libPolly.a"),
     // Benchmarks: pod network throughput.
     ("iperf3", "/usr/bin/iperf3"),
+    // Tests read the overlay device's offload settings with it.
+    ("ethtool", "/usr/sbin/ethtool"),
 ];
 
 fn have(cmd: &str) -> bool {

@@ -254,7 +254,7 @@ pub fn spread_receive(host: &str) {
     }
     let queue = format!("/sys/class/net/{host}/queues/rx-0");
     for (file, value) in [
-        ("rps_cpus", cpu_mask(cpus)),
+        ("rps_cpus", skiff_common::cpumask::cpu_mask(cpus)),
         ("rps_flow_cnt", FLOWS_PER_VETH.to_string()),
     ] {
         if let Err(e) = std::fs::write(format!("{queue}/{file}"), value) {
@@ -287,31 +287,5 @@ pub fn size_flow_table() {
         && let Err(e) = std::fs::write(FLOW_TABLE, FLOW_TABLE_ENTRIES.to_string())
     {
         tracing::warn!("cannot size the receive flow table ({FLOW_TABLE}): {e}");
-    }
-}
-
-/// The sysfs mask of CPUs 0..n: hex in 32-bit groups, most significant first.
-fn cpu_mask(n: usize) -> String {
-    let mut groups = Vec::new();
-    let mut left = n;
-    while left > 0 {
-        let bits = left.min(32);
-        groups.push(u32::MAX >> (32 - bits));
-        left -= bits;
-    }
-    let hex: Vec<String> = groups.iter().rev().map(|g| format!("{g:x}")).collect();
-    hex.join(",")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cpu_masks_are_sysfs_bitmaps() {
-        assert_eq!(cpu_mask(2), "3");
-        assert_eq!(cpu_mask(32), "ffffffff");
-        assert_eq!(cpu_mask(40), "ff,ffffffff");
-        assert_eq!(cpu_mask(64), "ffffffff,ffffffff");
     }
 }
