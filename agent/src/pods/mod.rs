@@ -71,6 +71,17 @@ pub struct PodManager {
     /// Rung by probes when a container's readiness or health changed, so the sync reports it
     /// now rather than at its next tick.
     wake: Arc<tokio::sync::Notify>,
+    /// What the status needs of each running container (its image and start time), from its
+    /// first inspection: neither changes while it runs, and a sync, which every watch event
+    /// starts, would otherwise inspect every container on the node (what Docker spent on that
+    /// held up the starts of new pods).
+    running: std::sync::Mutex<HashMap<String, Running>>,
+}
+
+#[derive(Clone)]
+struct Running {
+    image_id: String,
+    started_at: Option<String>,
 }
 
 fn pod_ref(p: &Pod) -> PodRef {
@@ -119,6 +130,7 @@ impl PodManager {
             workers: tokio::sync::Semaphore::new(POD_WORKERS),
             node: node.to_owned(),
             host_ip: host_ip.to_owned(),
+            running: Default::default(),
         })
     }
 
@@ -167,6 +179,10 @@ impl PodManager {
         driver.abort();
     }
 
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn lock_inflight(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
         self.inflight.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -181,6 +197,7 @@ impl PodManager {
             .map(|c| c.id.clone())
             .collect();
         self.probes.retain(&present, &running);
+        self.lock_running().retain(|id, _| running.contains(id));
         for c in listed {
             by_pod
                 .entry(c.label(LABEL_POD_UID).to_owned())
@@ -487,9 +504,35 @@ impl PodManager {
         net: &PodNet,
     ) -> Result<Value, DockerError> {
         let restarts: u32 = m.label(LABEL_RESTARTS).parse().unwrap_or(0);
-        let info = self.runtime.inspect(&m.id).await?;
-        let state = info.state.unwrap_or_default();
-        let image_id = info.image.unwrap_or_default();
+        let known = m
+            .running
+            .then(|| self.lock_running().get(&m.id).cloned())
+            .flatten();
+        let (state, image_id) = match known {
+            Some(r) => (
+                bollard::models::ContainerState {
+                    running: Some(true),
+                    started_at: r.started_at,
+                    ..Default::default()
+                },
+                r.image_id,
+            ),
+            None => {
+                let info = self.runtime.inspect(&m.id).await?;
+                let state = info.state.unwrap_or_default();
+                let image_id = info.image.unwrap_or_default();
+                if state.running == Some(true) {
+                    self.lock_running().insert(
+                        m.id.clone(),
+                        Running {
+                            image_id: image_id.clone(),
+                            started_at: state.started_at.clone(),
+                        },
+                    );
+                }
+                (state, image_id)
+            }
+        };
         let last_state = serde_json::from_str::<Value>(m.label(LABEL_LAST_STATE)).ok();
         let base = |state: Value, ready: bool, started: bool| {
             let mut s = json!({"name": c.name, "image": c.image, "imageID": image_id, "containerID": format!("docker://{}", m.id),
