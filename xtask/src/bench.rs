@@ -903,11 +903,11 @@ fn overlay(startup_pods: usize, seconds: u64) -> Result<()> {
             }
             let before = cpu_busy_seconds()?;
             let bps = iperf3_pair(server, client(client_cmd, target));
-            let cpu = cpu_busy_seconds()? - before;
+            let after = cpu_busy_seconds();
             if unsteered {
                 c.steer_underlay(true)?;
             }
-            let bps = bps?;
+            let (bps, cpu) = (bps?, after? - before);
             runs.entry(path).or_default().push(bps / 1e9);
             let gb = bps / 8.0 * seconds as f64 / 1e9;
             costs.entry(path).or_default().push(cpu / gb);

@@ -427,8 +427,8 @@ fn gro_off(dev: &str) -> std::io::Result<()> {
     }
     req.ifr_ifru.ifru_data = (&raw mut value).cast();
     let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
-    // SAFETY: SIOCETHTOOL reads the ifreq and the ethtool_value it points to, which both
-    // outlive the call; ETHTOOL_SGRO writes nothing back.
+    // SAFETY: SIOCETHTOOL reads the ifreq and the ethtool_value it points to, and may copy
+    // the ifreq back; both are ours, writable and outlive the call.
     let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &raw mut req) };
     if rc != 0 {
         return Err(std::io::Error::last_os_error());

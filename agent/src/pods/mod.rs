@@ -74,7 +74,8 @@ pub struct PodManager {
     /// What the status needs of each running container (its image and start time), from its
     /// first inspection: neither changes while it runs, and a sync, which every watch event
     /// starts, would otherwise inspect every container on the node (what Docker spent on that
-    /// held up the starts of new pods).
+    /// held up the starts of new pods). A container that stops is seen in the next sync's
+    /// list of containers.
     running: std::sync::Mutex<HashMap<String, Running>>,
 }
 
