@@ -3,5 +3,5 @@
 pub mod quantity;
 
 pub mod cidr;
-pub mod cpumask;
 pub mod hash;
+pub mod steering;

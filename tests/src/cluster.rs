@@ -326,19 +326,18 @@ impl Cluster {
     /// ends ran on different CPUs, none steered).
     fn steer_port(&self, port: &str, on: bool) -> Result<()> {
         let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-        if cpus < 2 {
+        let Some(mut settings) = skiff_common::steering::queue_settings(cpus) else {
             return Ok(());
-        }
-        let (mask, flows) = if on {
-            (skiff_common::cpumask::cpu_mask(cpus), "4096")
-        } else {
-            ("0".to_owned(), "0")
         };
+        if !on {
+            settings.iter_mut().for_each(|(_, v)| *v = "0".to_owned());
+        }
         let queue = format!("/sys/class/net/{port}/queues/rx-0");
-        run(in_ns(&self.underlay_ns(), "sh").args([
-            "-c",
-            &format!("echo {mask} > {queue}/rps_cpus && echo {flows} > {queue}/rps_flow_cnt"),
-        ]))?;
+        let script: Vec<String> = settings
+            .iter()
+            .map(|(file, value)| format!("echo {value} > {queue}/{file}"))
+            .collect();
+        run(in_ns(&self.underlay_ns(), "sh").args(["-c", &script.join(" && ")]))?;
         Ok(())
     }
 

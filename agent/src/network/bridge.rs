@@ -236,9 +236,6 @@ async fn configure_inside(
         .unwrap_or_else(|_| Err(NetworkError::Pod("the pod network thread died".into())))
 }
 
-/// Per receive queue of a pod veth: flows whose CPU is remembered (receive flow steering).
-const FLOWS_PER_VETH: u32 = 4096;
-
 /// Steers what a pod sends to the CPU of the socket that consumes it (RFS on its veth's host
 /// end; by flow hash over every CPU, RPS, until that socket is known). Left alone, a flow's
 /// packets are carried on by whichever CPU sent them: a TCP sender transmits from its own CPU
@@ -249,14 +246,11 @@ const FLOWS_PER_VETH: u32 = 4096;
 /// (docs/benchmarks.md). Best effort: without it packets still flow.
 pub fn spread_receive(host: &str) {
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    if cpus < 2 {
+    let Some(settings) = skiff_common::steering::queue_settings(cpus) else {
         return;
-    }
+    };
     let queue = format!("/sys/class/net/{host}/queues/rx-0");
-    for (file, value) in [
-        ("rps_cpus", skiff_common::cpumask::cpu_mask(cpus)),
-        ("rps_flow_cnt", FLOWS_PER_VETH.to_string()),
-    ] {
+    for (file, value) in settings {
         if let Err(e) = std::fs::write(format!("{queue}/{file}"), value) {
             tracing::debug!("cannot steer {host}'s receive work ({queue}/{file}): {e}");
         }
